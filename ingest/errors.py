@@ -1,0 +1,76 @@
+"""One exception tree for the package, rooted in :class:`IngestError`.
+
+The class says what the caller should do; the attributes say what caused it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class IngestError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ValidationError(IngestError, ValueError):
+    """A payment event was rejected before it reached the queue.
+
+    ``errors`` maps each bad field to the reason it was refused, so a caller can show all
+    of them at once instead of fixing one field per attempt.
+    """
+
+    def __init__(self, errors: Mapping[str, str]) -> None:
+        self.errors: dict[str, str] = dict(errors)
+        detail = "; ".join(f"{field}: {reason}" for field, reason in self.errors.items())
+        super().__init__(f"invalid payment: {detail}")
+
+    @property
+    def fields(self) -> list[str]:
+        return list(self.errors)
+
+
+class ConfigurationError(IngestError):
+    """The settings cannot work (for example a ``dft_`` token without a website id)."""
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        self.setting = setting
+        super().__init__(message)
+
+
+class QueueUnavailableError(IngestError):
+    """Redis could not be reached and the event could not be kept anywhere else."""
+
+
+class SpoolFullError(QueueUnavailableError):
+    """Redis is down and the local spool reached its size cap: the event was NOT kept."""
+
+
+class DeliveryError(IngestError):
+    """The Payments API refused or failed a request.
+
+    ``status`` is the HTTP status (``None`` for a transport failure) and ``api_message``
+    the API's own error message, never the request's credentials.
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, api_message: str | None = None
+    ) -> None:
+        self.status = status
+        self.api_message = api_message
+        super().__init__(message)
+
+
+class AuthenticationError(DeliveryError):
+    """401/403: the API key is wrong or lacks the scope; sending is paused, nothing dropped."""
+
+
+class UnsafeDeleteError(IngestError):
+    """A delete without a date range (all time) was asked for without saying so explicitly."""
+
+
+class NotFoundError(IngestError):
+    """An id (dead letter, job) that does not exist."""
+
+    def __init__(self, message: str, *, id: str) -> None:
+        self.id = id
+        super().__init__(message)

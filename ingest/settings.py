@@ -1,0 +1,156 @@
+"""All configuration, read once from ``INGEST_*`` environment variables.
+
+The same names appear in the README, in ``docker-compose.yml`` and in ``ingest --help``;
+``tests/test_settings.py`` keeps them in step.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigurationError
+
+WEBSITE_ID_PATTERN = r"^[0-9a-fA-F]{24}$"
+
+
+def default_spool_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "datafast-ingest" / "spool"
+
+
+class Settings(BaseSettings):
+    """One frozen settings object; build it with ``Settings()`` to read the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="INGEST_", frozen=True, extra="ignore", validate_default=True
+    )
+
+    redis_url: str = Field(
+        default="redis://localhost:6379/0",
+        description="Where the queue lives (redis://, rediss://, unix://).",
+    )
+    api_url: str = Field(default="https://datafa.st", description="Payments API base URL.")
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="df_ website key or dft_ account token with payments:write (never logged).",
+    )
+    website_id: str | None = Field(
+        default=None, description="24-hex website id; required with a dft_ account token."
+    )
+    queue: str = Field(default="payments", description="Queue name.")
+    concurrency: int = Field(
+        default=128,
+        ge=1,
+        le=4096,
+        description="POSTs in flight per worker process (measured: see README, Performance).",
+    )
+    max_attempts: int = Field(
+        default=12, ge=1, le=100, description="Attempts before a transient failure is dead-lettered."
+    )
+    backoff_base: float = Field(
+        default=1.0, gt=0, description="Seconds: first retry delay cap (doubles per attempt)."
+    )
+    backoff_max: float = Field(default=600.0, gt=0, description="Seconds: largest retry delay.")
+    request_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds allowed for one POST to the API."
+    )
+    lease_seconds: int = Field(
+        default=20,
+        ge=3,
+        description="An event held by a worker that stops heartbeating returns to the queue "
+        "after this long.",
+    )
+    auth_probe_interval: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds between probes of a website paused after a 401/403.",
+    )
+    shutdown_grace: float = Field(
+        default=15.0,
+        ge=0,
+        description="Seconds a stopping worker waits for in-flight requests before returning them.",
+    )
+    dedup_window: int = Field(
+        default=86_400,
+        ge=0,
+        description="Seconds a delivered event's id is remembered so a re-enqueue is a duplicate.",
+    )
+    producer_timeout: float = Field(
+        default=0.05,
+        gt=0,
+        description="Seconds the producer waits on Redis before spooling to disk.",
+    )
+    spool_dir: Path = Field(
+        default_factory=default_spool_dir,
+        description="Where the producer keeps events while Redis is down.",
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="Serve Prometheus metrics on this port."
+    )
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+
+    @field_validator("website_id")
+    @classmethod
+    def _website_id_is_hex(cls, value: str | None) -> str | None:
+        if value is not None and value != "":
+            import re
+
+            if not re.fullmatch(WEBSITE_ID_PATTERN, value):
+                raise ValueError("must be a 24-character hex string")
+        return value or None
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url_has_scheme(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _backoff_bounds(self) -> Settings:
+        if self.backoff_max < self.backoff_base:
+            raise ValueError("INGEST_BACKOFF_MAX must be >= INGEST_BACKOFF_BASE")
+        return self
+
+    @property
+    def is_account_token(self) -> bool:
+        return self.api_key is not None and self.api_key.get_secret_value().startswith("dft_")
+
+    def require_delivery_credentials(self) -> None:
+        """Raise :class:`ConfigurationError` unless a worker could authenticate with these."""
+        if self.api_key is None or not self.api_key.get_secret_value():
+            raise ConfigurationError(
+                "INGEST_API_KEY is not set: a df_ website key or a dft_ account token is required",
+                setting="INGEST_API_KEY",
+            )
+        key = self.api_key.get_secret_value()
+        if not key.startswith(("df_", "dft_")):
+            raise ConfigurationError(
+                "INGEST_API_KEY must start with df_ (website key) or dft_ (account token)",
+                setting="INGEST_API_KEY",
+            )
+        if key.startswith("dft_") and self.website_id is None:
+            raise ConfigurationError(
+                "INGEST_API_KEY is a dft_ account token, which needs INGEST_WEBSITE_ID "
+                "(the 24-hex website id) or a website_id on every event",
+                setting="INGEST_WEBSITE_ID",
+            )
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some fields replaced, validated like the original."""
+        data = self.model_dump()
+        data.update({k: v for k, v in changes.items() if v is not None})
+        return Settings.model_validate(data)
+
+
+def env_names() -> dict[str, str]:
+    """``INGEST_*`` variable name -> description, for ``--help`` and documentation."""
+    return {
+        f"INGEST_{name.upper()}": field.description or ""
+        for name, field in Settings.model_fields.items()
+    }

@@ -1,0 +1,112 @@
+"""The system-wide accounting, read from Redis alone, so any process can report it.
+
+Every event enqueued is, at any instant, in exactly one place::
+
+    enqueued = delivered + dead + purged + erased
+               + queued + in_flight + scheduled + deferred + parked
+
+:func:`read_accounting` takes one consistent snapshot (a MULTI/EXEC of reads) and
+:attr:`Accounting.lost` is what is missing from that identity: it must be 0.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from . import keys
+
+
+@dataclass(frozen=True, slots=True)
+class Accounting:
+    enqueued: int
+    duplicates: int
+    delivered: int
+    api_duplicates: int
+    retried: int
+    dead_lettered_total: int
+    replayed: int
+    purged: int
+    erased: int
+    queued: int
+    in_flight: int
+    scheduled: int
+    deferred: int
+    parked: int
+    dead: int
+    rate_per_second: float
+    oldest_queued_age: float | None
+    workers: int
+    paused: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def in_system(self) -> int:
+        return self.queued + self.in_flight + self.scheduled + self.deferred + self.parked
+
+    @property
+    def lost(self) -> int:
+        return self.enqueued - (
+            self.delivered + self.dead + self.purged + self.erased + self.in_system
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["in_system"] = self.in_system
+        data["lost"] = self.lost
+        return data
+
+
+def read_accounting(connection: redis.Redis, queue: str, *, now: float | None = None) -> Accounting:
+    k = keys.QueueKeys(queue)
+    now = time.time() if now is None else now
+    paused_sites = [s.decode() for s in connection.hkeys(k.paused)]
+    with connection.pipeline(transaction=True) as pipe:
+        pipe.hgetall(k.stats)
+        pipe.llen(k.queue)
+        pipe.zcard(k.started)
+        pipe.zcard(k.scheduled)
+        pipe.zcard(k.deferred)
+        pipe.hlen(k.dead)
+        pipe.hgetall(k.rate)
+        pipe.lindex(k.queue, 0)
+        pipe.hgetall(k.paused)
+        for site in paused_sites:
+            pipe.llen(k.parked(site))
+        results = pipe.execute()
+    raw_stats, queued, in_flight, scheduled, deferred, dead, rate, head, paused = results[:9]
+    parked = sum(int(n) for n in results[9:])
+    counters = {key.decode(): int(value) for key, value in raw_stats.items()}
+    window = [int(v) for s, v in rate.items() if now - 60 <= int(s) < now]
+    oldest: float | None = None
+    if head is not None:
+        enqueued_at = connection.hget(keys.job_key(head.decode()), "enqueued_at")
+        if enqueued_at:
+            moment = datetime.strptime(enqueued_at.decode(), "%Y-%m-%dT%H:%M:%S.%fZ")
+            oldest = max(0.0, now - moment.replace(tzinfo=UTC).timestamp())
+    from rq import Worker
+
+    return Accounting(
+        enqueued=counters.get("enqueued", 0),
+        duplicates=counters.get("duplicates", 0),
+        delivered=counters.get("delivered", 0),
+        api_duplicates=counters.get("api_duplicates", 0),
+        retried=counters.get("retried", 0),
+        dead_lettered_total=counters.get("dead_lettered", 0),
+        replayed=counters.get("replayed", 0),
+        purged=counters.get("purged", 0),
+        erased=counters.get("erased", 0),
+        queued=int(queued),
+        in_flight=int(in_flight),
+        scheduled=int(scheduled),
+        deferred=int(deferred),
+        parked=parked,
+        dead=int(dead),
+        rate_per_second=sum(window) / 60.0,
+        oldest_queued_age=oldest,
+        workers=Worker.count(connection=connection),
+        paused={s.decode(): r.decode() for s, r in paused.items()},
+    )

@@ -1,0 +1,478 @@
+"""The RQ worker that keeps many payments in flight at once.
+
+:class:`IngestWorker` is an ``rq.SimpleWorker``: it registers, heartbeats and dies like any
+RQ worker (``rq info`` lists it, ``rq suspend`` pauses it, ``rq shutdown`` stops it), and its
+events are RQ jobs in RQ's queue and registries. What it changes is the work loop: instead of
+one job at a time, an asyncio loop keeps up to ``INGEST_CONCURRENCY`` POSTs in flight over one
+pooled HTTP client, and claims and acknowledges events in batches with one Lua call each
+(:mod:`ingest.scripts`), which is what RQ's per-job bookkeeping (~57 commands a job) cannot do.
+
+The loop, top to bottom:
+
+1. every ``lease/4`` s: heartbeat (RQ's worker key, and the leases of events in flight);
+   reclaim events whose worker died; probe websites paused by an auth failure;
+2. claim as many events as there is room for (the shared :class:`AdaptiveLimiter` shrinks
+   the room after a 429) and start one task per event;
+3. acknowledge finished requests in one batch: delivered, scheduled for retry, dead-lettered
+   or parked; every outcome is decided by :func:`decide` from the classified answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import redis
+import redis.asyncio
+from rq import Queue, SimpleWorker
+from rq.serializers import JSONSerializer
+from rq.worker import WorkerStatus
+
+from . import keys
+from .delivery import Outcome, PaymentsClient, Verdict, build_async_client
+from .logs import get_logger, scrub
+from .retry import RandomSource, RetryPolicy, utc_iso
+from .scripts import ACK, CLAIM, RECLAIM, UNPAUSE
+from .settings import Settings
+from .throttle import AdaptiveLimiter
+
+DEFAULT_SITE = "-"  # the website field of events sent with the key's own website (df_ keys)
+_CLAIM_FIELDS = 6
+_IDLE_POLL = 0.1  # seconds between claims while the queue is empty
+_TICK = 0.005  # batch window: finished requests are acknowledged together
+
+
+@dataclass(slots=True)
+class Claimed:
+    """One event this worker holds a lease on."""
+
+    job_id: str
+    data: str
+    website: str
+    attempts: int
+    has_dependents: bool
+    history: list[dict[str, Any]]
+    body: str = ""
+    website_id: str | None = None
+
+    @classmethod
+    def from_claim(cls, row: list[bytes]) -> Claimed:
+        history_raw = row[5].decode() if row[5] else ""
+        claimed = cls(
+            job_id=row[0].decode(),
+            data=row[1].decode(),
+            website=row[2].decode() or DEFAULT_SITE,
+            attempts=int(row[3] or 0),
+            has_dependents=row[4] == b"1",
+            history=json.loads(history_raw) if history_raw else [],
+        )
+        _function, _instance, args, _kwargs = json.loads(claimed.data)
+        claimed.body = args[0]
+        claimed.website_id = args[1]
+        return claimed
+
+    @property
+    def transaction_id(self) -> str:
+        try:
+            return str(json.loads(self.body).get("transaction_id", ""))
+        except ValueError:
+            return ""
+
+
+@dataclass(slots=True)
+class WorkerCounts:
+    """What this process did, for logs and the end-of-run summary."""
+
+    claimed: int = 0
+    delivered: int = 0
+    api_duplicates: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    parked: int = 0
+    returned: int = 0
+    reclaimed: int = 0
+    stale: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+
+
+def decide(
+    claimed: Claimed,
+    outcome: Outcome,
+    *,
+    now: float,
+    policy: RetryPolicy,
+    random: RandomSource,
+) -> list[Any]:
+    """The acknowledgement for one finished request (an entry of the ``ACK`` script)."""
+    if outcome.verdict.delivered:
+        return [
+            "ok",
+            claimed.job_id,
+            1 if claimed.has_dependents else 0,
+            1 if outcome.verdict is Verdict.DUPLICATE else 0,
+        ]
+    if outcome.verdict is Verdict.AUTH:
+        reason = json.dumps(
+            {"status": outcome.status, "error": scrub(outcome.message), "since": utc_iso(now)}
+        )
+        return ["park", claimed.job_id, claimed.website, reason]
+    attempts = claimed.attempts + 1
+    history = [
+        *claimed.history[-19:],
+        {"at": utc_iso(now), "status": outcome.status, "error": scrub(outcome.message)},
+    ]
+    if outcome.verdict is Verdict.TRANSIENT and policy.should_retry(attempts):
+        due = now + policy.delay(attempts, random, outcome.retry_after)
+        return ["retry", claimed.job_id, due, attempts, json.dumps(history)]
+    reason = "rejected" if outcome.verdict is Verdict.PERMANENT else "exhausted"
+    record = dead_record(claimed, outcome, reason=reason, attempts=attempts, history=history, now=now)
+    return ["dead", claimed.job_id, 1 if claimed.has_dependents else 0, json.dumps(record)]
+
+
+def dead_record(
+    claimed: Claimed,
+    outcome: Outcome,
+    *,
+    reason: str,
+    attempts: int,
+    history: list[dict[str, Any]],
+    now: float,
+) -> dict[str, Any]:
+    """A dead letter: the event (to replay it), why it died, and every attempt.
+
+    It holds the request body but never a request header, so never the API key.
+    """
+    return {
+        "job_id": claimed.job_id,
+        "transaction_id": claimed.transaction_id,
+        "website": claimed.website,
+        "data": claimed.data,
+        "reason": reason,
+        "status": outcome.status,
+        "error": scrub(outcome.message),
+        "attempts": attempts,
+        "first_attempt_at": history[0]["at"] if history else utc_iso(now),
+        "last_attempt_at": utc_iso(now),
+        "dead_at": utc_iso(now),
+        "history": history,
+        "history_json": json.dumps(history),
+    }
+
+
+class IngestWorker(SimpleWorker):  # type: ignore[misc]
+    """An RQ worker that delivers many payment events concurrently.
+
+    Collaborators are injectable for tests: the Redis connection, a factory for the HTTP
+    client, the random source of the retry jitter and the clock.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        connection: redis.Redis | None = None,
+        name: str | None = None,
+        http_client_factory: Callable[[], Any] | None = None,
+        random_source: RandomSource = random.random,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        settings.require_delivery_credentials()
+        connection = connection or redis.Redis.from_url(settings.redis_url)
+        queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)
+        super().__init__(
+            [queue],
+            connection=connection,
+            name=name,
+            serializer=JSONSerializer,
+            # RQ shows a worker as alive until its key expires: a few missed heartbeats.
+            worker_ttl=max(10, settings.lease_seconds),
+        )
+        self.settings = settings
+        self.keys = keys.QueueKeys(settings.queue)
+        self.policy = RetryPolicy(settings.max_attempts, settings.backoff_base, settings.backoff_max)
+        self.counts = WorkerCounts()
+        self._http_client_factory = http_client_factory
+        self._random = random_source
+        self._clock = clock
+        self._stop_now = False
+        self._log = get_logger(worker=self.name, queue=settings.queue)
+
+    # -- RQ's entry point --------------------------------------------------------------------
+
+    def work(self, burst: bool = False, logging_level: str | None = "WARNING", **_: Any) -> bool:
+        """Deliver until stopped (or, with ``burst``, until nothing is left to do).
+
+        ``burst`` ends when nothing is queued, in flight or scheduled for a retry; events of
+        a website paused for an auth failure stay parked in Redis and are reported.
+        """
+        self.bootstrap(logging_level or "WARNING")
+        self._install_signal_handlers()
+        self.set_state(WorkerStatus.BUSY)
+        self._log.info("worker started", concurrency=self.settings.concurrency, burst=burst)
+        try:
+            asyncio.run(self._run(burst))
+        finally:
+            self.teardown()
+        self._log.info("worker stopped", **_summary(self.counts))
+        return self.counts.claimed > 0
+
+    def _install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, self._request_stop)
+        signal.signal(signal.SIGTERM, self._request_stop)
+
+    def _request_stop(self, signum: int, frame: FrameType | None) -> None:
+        # First signal: stop claiming, let requests in flight finish within the grace period.
+        # Second: stop now; what is still in flight goes back to the queue.
+        if self._stop_requested:
+            self._stop_now = True
+        self._stop_requested = True
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def _run(self, burst: bool) -> None:
+        aconn = redis.asyncio.Redis.from_url(self.settings.redis_url)
+        claim = aconn.register_script(CLAIM)
+        ack = aconn.register_script(ACK)
+        reclaim = aconn.register_script(RECLAIM)
+        unpause = aconn.register_script(UNPAUSE)
+        concurrency = self.settings.concurrency
+        http = (
+            self._http_client_factory()
+            if self._http_client_factory
+            else build_async_client(self.settings, concurrency=concurrency)
+        )
+        client = PaymentsClient(self.settings, http)
+        limiter = AdaptiveLimiter(concurrency)
+        in_flight: dict[str, asyncio.Task[None]] = {}
+        held: dict[str, Claimed] = {}
+        finished: list[list[Any]] = []
+        wake = asyncio.Event()
+        k = self.keys
+        lease = self.settings.lease_seconds
+        housekeeping_every = max(1.0, lease / 4)
+        next_housekeeping = 0.0
+        redis_backoff = 0.0
+        last_probe: dict[str, float] = {}
+
+        async def deliver(claimed: Claimed) -> None:
+            try:
+                outcome = await asyncio.wait_for(
+                    client.send(claimed.body, claimed.website_id),
+                    timeout=self.settings.request_timeout + 5,
+                )
+            except TimeoutError:
+                outcome = Outcome(Verdict.TRANSIENT, None, "request exceeded its deadline")
+            except Exception as exc:  # never lose an event to a bug in a send path
+                outcome = Outcome(Verdict.TRANSIENT, None, f"{type(exc).__name__}: {exc}")
+            limiter.release(throttled=outcome.throttled, retry_after=outcome.retry_after)
+            key = str(outcome.status)
+            self.counts.statuses[key] = self.counts.statuses.get(key, 0) + 1
+            finished.append(
+                decide(claimed, outcome, now=self._clock(), policy=self.policy, random=self._random)
+            )
+            in_flight.pop(claimed.job_id, None)
+            wake.set()
+
+        async def flush() -> None:
+            if not finished:
+                return
+            batch = finished[:]
+            stale = await ack(
+                keys=[k.started, k.queue, k.scheduled, k.stats, k.dead, k.dead_index, k.deferred,
+                      k.rate, k.paused],
+                args=[self._clock(), self.name, self.settings.dedup_window, k.done_prefix,
+                      keys.JOB_PREFIX, k.parked_prefix, json.dumps(batch)],
+            )
+            del finished[: len(batch)]
+            for entry in batch:
+                held.pop(entry[1], None)
+                self._count(entry)
+            if stale:
+                self.counts.stale += int(stale)
+                self._log.warning("outcomes for events whose lease had expired were skipped",
+                                  count=int(stale))
+
+        async def housekeeping() -> None:
+            now = self._clock()
+            await asyncio.to_thread(self.heartbeat)
+            if held:
+                members: dict[str, float] = {f"{jid}:{self.name}": now + lease for jid in held}
+                await aconn.zadd(k.started, members, xx=True)  # type: ignore[arg-type]
+            returned = await reclaim(keys=[k.started, k.queue], args=[now, 1000, keys.JOB_PREFIX])
+            if returned:
+                self.counts.reclaimed += int(returned)
+                self._log.warning("events of a dead worker put back on the queue",
+                                  count=int(returned))
+            old = [f for f in await aconn.hkeys(k.rate) if int(f) < now - 120]
+            if old:
+                await aconn.hdel(k.rate, *old)
+            await self._probe_paused(aconn, client, unpause, last_probe, now)
+
+        try:
+            while True:
+                try:
+                    if self._clock() >= next_housekeeping:
+                        await housekeeping()
+                        next_housekeeping = self._clock() + housekeeping_every
+                    if self._stop_requested:
+                        break
+                    claimed_now = 0
+                    free = limiter.free_slots()
+                    if free > 0:
+                        now = self._clock()
+                        rows = await claim(
+                            keys=[k.queue, k.started, k.scheduled, k.paused],
+                            args=[now, now + lease, self.name, free, keys.JOB_PREFIX,
+                                  k.parked_prefix, 1000],
+                        )
+                        for i in range(0, len(rows), _CLAIM_FIELDS):
+                            claimed = Claimed.from_claim(rows[i : i + _CLAIM_FIELDS])
+                            held[claimed.job_id] = claimed
+                            limiter.take(1)
+                            in_flight[claimed.job_id] = asyncio.create_task(deliver(claimed))
+                            claimed_now += 1
+                        self.counts.claimed += claimed_now
+                    await flush()
+                    redis_backoff = 0.0
+                    if not in_flight and claimed_now == 0:
+                        if burst and await self._drained(aconn):
+                            break
+                        await asyncio.sleep(max(_IDLE_POLL, min(limiter.held_for(), 1.0)))
+                    else:
+                        wake.clear()
+                        try:
+                            await asyncio.wait_for(wake.wait(), timeout=0.25)
+                        except TimeoutError:
+                            pass
+                        # Let more requests finish so they are acknowledged together.
+                        await asyncio.sleep(_TICK)
+                except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                    # Redis is down or restarting: keep what we hold, back off, try again.
+                    # Leases may run out meanwhile; then another worker re-sends those events
+                    # and our late acknowledgements are skipped (the API dedups the resend).
+                    redis_backoff = min(5.0, max(0.1, redis_backoff * 2))
+                    self._log.warning("redis unavailable, retrying", error=type(exc).__name__,
+                                      retry_in=redis_backoff)
+                    await asyncio.sleep(redis_backoff)
+            await self._shutdown_gracefully(in_flight, held, finished, flush)
+        finally:
+            await client.aclose()
+            await aconn.aclose()
+
+    async def _shutdown_gracefully(
+        self,
+        in_flight: dict[str, asyncio.Task[None]],
+        held: dict[str, Claimed],
+        finished: list[list[Any]],
+        flush: Callable[[], Any],
+    ) -> None:
+        deadline = time.monotonic() + self.settings.shutdown_grace
+        while in_flight and not self._stop_now and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        tasks = list(in_flight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        done_ids = {entry[1] for entry in finished}
+        for job_id in list(held):
+            if job_id not in done_ids:
+                finished.append(["return", job_id])
+        for attempt in range(20):
+            try:
+                await flush()
+                break
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                # Whatever cannot be written back returns by itself when its lease expires.
+                await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+
+    async def _drained(self, aconn: redis.asyncio.Redis) -> bool:
+        k = self.keys
+        async with aconn.pipeline(transaction=False) as pipe:
+            pipe.llen(k.queue)
+            pipe.zcard(k.scheduled)
+            pipe.zcard(k.started)
+            queued, scheduled, started = await pipe.execute()
+        return int(queued) == 0 and int(scheduled) == 0 and int(started) == 0
+
+    async def _probe_paused(
+        self,
+        aconn: redis.asyncio.Redis,
+        client: PaymentsClient,
+        unpause: Any,
+        last_probe: dict[str, float],
+        now: float,
+    ) -> None:
+        """Try one parked event per paused website now and then; success lifts the pause."""
+        paused = await aconn.hgetall(self.keys.paused)
+        for raw_site, raw_reason in paused.items():
+            site = raw_site.decode()
+            if now - last_probe.get(site, 0.0) < self.settings.auth_probe_interval:
+                continue
+            last_probe[site] = now
+            parked_key = self.keys.parked(site)
+            head = await aconn.lindex(parked_key, 0)
+            if head is None:
+                await unpause(keys=[parked_key, self.keys.queue, self.keys.paused],
+                              args=[site, keys.JOB_PREFIX])
+                continue
+            data = await aconn.hget(keys.job_key(head.decode()), "data")
+            if data is None:
+                await aconn.lrem(parked_key, 1, head)
+                continue
+            _f, _i, args, _kw = json.loads(data)
+            outcome = await client.send(args[0], args[1])
+            if outcome.verdict is Verdict.AUTH:
+                self._log.error(
+                    "delivery paused: the Payments API refuses our credentials",
+                    website=site, status=outcome.status, api_message=scrub(outcome.message),
+                    paused_since=json.loads(raw_reason).get("since"),
+                )
+                continue
+            released = await unpause(keys=[parked_key, self.keys.queue, self.keys.paused],
+                                     args=[site, keys.JOB_PREFIX])
+            self._log.warning("delivery resumed: credentials accepted again", website=site,
+                              released=int(released))
+
+    def _count(self, entry: list[Any]) -> None:
+        kind = entry[0]
+        c = self.counts
+        if kind == "ok":
+            c.delivered += 1
+            c.api_duplicates += entry[3]
+        elif kind == "retry":
+            c.retried += 1
+        elif kind == "dead":
+            c.dead_lettered += 1
+        elif kind == "park":
+            c.parked += 1
+            self._log.error("delivery paused: the Payments API refuses our credentials",
+                            website=entry[2], reason=entry[3])
+        elif kind == "return":
+            c.returned += 1
+
+
+def _summary(counts: WorkerCounts) -> dict[str, Any]:
+    return {
+        "claimed": counts.claimed,
+        "delivered": counts.delivered,
+        "api_duplicates": counts.api_duplicates,
+        "retried": counts.retried,
+        "dead_lettered": counts.dead_lettered,
+        "parked": counts.parked,
+        "returned": counts.returned,
+        "reclaimed": counts.reclaimed,
+    }
+
+
+def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> int:
+    """Build a worker from settings and run it; the body of ``ingest worker``."""
+    worker = IngestWorker(settings, name=name)
+    worker.work(burst=burst)
+    return 0
