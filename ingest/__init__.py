@@ -19,10 +19,21 @@ from .errors import (
     ValidationError,
 )
 from .models import Payment, validate_payment
-from .producer import Producer, Receipt, Rejected, configure, enqueue_payment, enqueue_payments
+from .producer import (
+    AsyncProducer,
+    Producer,
+    Receipt,
+    Rejected,
+    configure,
+    enqueue_payment,
+    enqueue_payment_async,
+    enqueue_payments,
+    enqueue_payments_async,
+)
 from .settings import Settings
 
 __all__ = [
+    "AsyncProducer",
     "AuthenticationError",
     "ConfigurationError",
     "DeliveryError",
@@ -39,6 +50,8 @@ __all__ = [
     "ValidationError",
     "configure",
     "enqueue_payment",
+    "enqueue_payment_async",
     "enqueue_payments",
+    "enqueue_payments_async",
     "validate_payment",
 ]

@@ -71,10 +71,20 @@ def sandbox(ctx: click.Context) -> None:
 @cli.command(help="Embedded Redis + local sandbox API + workers: send a burst and watch it land.")
 @click.option("--events", type=int, default=2000, show_default=True, help="Payments to enqueue.")
 @click.option("--workers", type=int, default=2, show_default=True, help="Worker processes.")
-@click.option("--latency-ms", type=float, default=50.0, show_default=True,
-              help="Sandbox answer time per request.")
-@click.option("--timeout", type=float, default=120.0, show_default=True,
-              help="Give up waiting after this many seconds.")
+@click.option(
+    "--latency-ms",
+    type=float,
+    default=50.0,
+    show_default=True,
+    help="Sandbox answer time per request.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Give up waiting after this many seconds.",
+)
 def demo(events: int, workers: int, latency_ms: float, timeout: float) -> None:
     from .demo import run_demo
 
@@ -102,7 +112,9 @@ def stats(as_json: bool, watch: bool, interval: float) -> None:
             else:
                 if watch:
                     console.clear()
-                console.print(accounting_table(accounting.as_dict(), title=f"queue {settings.queue}"))
+                console.print(
+                    accounting_table(accounting.as_dict(), title=f"queue {settings.queue}")
+                )
             if not watch:
                 break
             time.sleep(interval)
@@ -110,14 +122,273 @@ def stats(as_json: bool, watch: bool, interval: float) -> None:
         connection.close()
 
 
+def _parse_time(value: str | None) -> float | None:
+    if value is None:
+        return None
+    from .models import validate_payment
+
+    # The same ISO 8601 rules as event timestamps (timezone required), via the model.
+    try:
+        moment = validate_payment(amount=0, currency="USD", transaction_id="x", timestamp=value)
+    except IngestError as exc:
+        raise click.BadParameter(
+            f"{value!r}: an ISO 8601 time with a timezone, e.g. 2026-11-26T09:00:00Z"
+        ) from exc
+    return moment.timestamp.timestamp()
+
+
+def dlq_filters(func: Any) -> Any:
+    options = [
+        click.option(
+            "--reason",
+            "reasons",
+            multiple=True,
+            type=click.Choice(["rejected", "exhausted"]),
+            help="rejected: the API refused it (4xx); exhausted: ran out of attempts.",
+        ),
+        click.option(
+            "--status", "statuses", multiple=True, type=int, help="Last HTTP status (repeatable)."
+        ),
+        click.option("--website", "websites", multiple=True, help="Website id (repeatable)."),
+        click.option(
+            "--id", "ids", multiple=True, help="Dead-letter id or transaction id (repeatable)."
+        ),
+        click.option("--search", default=None, help="Transaction id contains this text."),
+        click.option("--since", default=None, help="Died at or after (ISO 8601)."),
+        click.option("--until", default=None, help="Died at or before (ISO 8601)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _selection(
+    reasons: tuple[str, ...],
+    statuses: tuple[int, ...],
+    websites: tuple[str, ...],
+    ids: tuple[str, ...],
+    search: str | None,
+    since: str | None,
+    until: str | None,
+) -> Any:
+    from .deadletter import DeadLetterFilter
+
+    return DeadLetterFilter(
+        reasons=frozenset(reasons),
+        statuses=frozenset(statuses),
+        websites=frozenset(websites),
+        ids=frozenset(ids),
+        transaction_contains=search,
+        since=_parse_time(since),
+        until=_parse_time(until),
+    )
+
+
+def _store() -> Any:
+    import redis
+
+    from .deadletter import DeadLetterStore
+
+    settings = load_settings()
+    return DeadLetterStore(
+        redis.Redis.from_url(settings.redis_url, socket_timeout=10), settings.queue
+    )
+
+
+def _letters_table(letters: list[Any], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("id", "transaction", "website", "reason", "status", "attempts", "died", "error"):
+        table.add_column(column, overflow="fold")
+    for d in letters:
+        table.add_row(
+            d.job_id[:12],
+            d.transaction_id,
+            d.website,
+            d.reason,
+            str(d.status if d.status is not None else "-"),
+            str(d.attempts),
+            d.dead_at,
+            d.error[:80],
+        )
+    return table
+
+
+@cli.group(help="Inspect, replay, purge and export dead letters.")
+def dlq() -> None:
+    pass
+
+
+@dlq.command("list", help="Dead letters, newest first, with counts per reason.")
+@dlq_filters
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--offset", type=int, default=0)
+@click.option("--json", "as_json", is_flag=True)
+def dlq_list(limit: int, offset: int, as_json: bool, **filters: Any) -> None:
+    store = _store()
+    letters = store.page(_selection(**filters), offset=offset, limit=limit)
+    if as_json:
+        click.echo(json.dumps({"total": store.count(), "items": [d.as_dict() for d in letters]}))
+        return
+    console = Console()
+    console.print(_letters_table(letters, f"dead letters ({store.count():,} in the store)"))
+    counts = store.counts_by_reason()
+    if counts:
+        console.print("by reason: " + ", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items())))
+
+
+@dlq.command("show", help="One dead letter: the event, every attempt, the API's messages.")
+@click.argument("dead_id")
+@click.option("--json", "as_json", is_flag=True)
+def dlq_show(dead_id: str, as_json: bool) -> None:
+    letter = _store().get(dead_id)
+    data = letter.as_dict()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    console = Console()
+    table = Table(title=f"dead letter {letter.job_id}", show_header=False)
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
+    for key in (
+        "transaction_id",
+        "website",
+        "reason",
+        "status",
+        "error",
+        "attempts",
+        "first_attempt_at",
+        "last_attempt_at",
+        "dead_at",
+    ):
+        table.add_row(key, str(data[key]))
+    table.add_row("event", json.dumps(letter.body, indent=1))
+    console.print(table)
+    attempts = Table(title="attempts")
+    for column in ("#", "at", "status", "error"):
+        attempts.add_column(column)
+    for n, attempt in enumerate(letter.history, 1):
+        attempts.add_row(
+            str(n), attempt.get("at", ""), str(attempt.get("status")), attempt.get("error", "")
+        )
+    console.print(attempts)
+
+
+@dlq.command("replay", help="Put dead letters back on the queue (fix the cause first).")
+@dlq_filters
+@click.option("--all", "all_", is_flag=True, help="Replay every dead letter (no filter).")
+@click.option("--dry-run", is_flag=True, help="Show what would be replayed; change nothing.")
+@click.option(
+    "--rate",
+    type=float,
+    default=200.0,
+    show_default=True,
+    help="Events per second put back on the queue.",
+)
+@click.option("--json", "as_json", is_flag=True)
+def dlq_replay(all_: bool, dry_run: bool, rate: float, as_json: bool, **filters: Any) -> None:
+    selection = _selection(**filters)
+    if selection.is_empty and not all_:
+        raise click.UsageError("choose what to replay with a filter, or pass --all")
+    store = _store()
+    letters = list(store.iter(selection))
+    if dry_run:
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "dry_run": True,
+                        "would_replay": len(letters),
+                        "items": [d.as_dict() for d in letters],
+                    }
+                )
+            )
+        else:
+            Console().print(
+                _letters_table(
+                    letters[:100], f"would replay {len(letters):,} (dry run: nothing changed)"
+                )
+            )
+        return
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True, disable=as_json) as progress:
+        task = progress.add_task("replaying", total=len(letters))
+        result = store.replay(
+            [d.job_id for d in letters], rate=rate, progress=lambda n: progress.advance(task, n)
+        )
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "selected": result.selected,
+                    "requeued": result.requeued,
+                    "skipped": result.skipped,
+                }
+            )
+        )
+    else:
+        click.echo(
+            f"requeued {result.requeued:,} of {result.selected:,} ({result.skipped:,} already gone)"
+        )
+
+
+@dlq.command("purge", help="Delete dead letters for good (asks first unless --yes).")
+@dlq_filters
+@click.option("--all", "all_", is_flag=True, help="Purge every dead letter (no filter).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--dry-run", is_flag=True, help="Show what would be purged; change nothing.")
+def dlq_purge(all_: bool, yes: bool, dry_run: bool, **filters: Any) -> None:
+    selection = _selection(**filters)
+    if selection.is_empty and not all_:
+        raise click.UsageError("choose what to purge with a filter, or pass --all")
+    store = _store()
+    letters = list(store.iter(selection))
+    if dry_run or not letters:
+        click.echo(f"would purge {len(letters):,} dead letters (nothing changed)")
+        return
+    if not yes:
+        click.confirm(
+            f"Permanently delete {len(letters):,} dead letters? These payments will "
+            "never reach DataFast",
+            abort=True,
+        )
+    removed = store.purge(d.job_id for d in letters)
+    click.echo(f"purged {removed:,}")
+
+
+@dlq.command("export", help="Dead letters as JSON Lines (to a file or stdout).")
+@dlq_filters
+@click.option("--output", "-o", type=click.File("w"), default="-")
+def dlq_export(output: Any, **filters: Any) -> None:
+    count = 0
+    for letter in _store().iter(_selection(**filters)):
+        output.write(json.dumps(letter.as_dict()) + "\n")
+        count += 1
+    click.echo(f"exported {count:,} dead letters", err=True)
+
+
 def accounting_table(data: dict[str, Any], *, title: str) -> Table:
     table = Table(title=title, show_header=True)
     table.add_column("figure")
     table.add_column("value", justify="right")
     order = [
-        "enqueued", "delivered", "dead", "queued", "in_flight", "scheduled", "deferred",
-        "parked", "purged", "erased", "lost", "duplicates", "api_duplicates", "retried",
-        "rate_per_second", "oldest_queued_age", "workers",
+        "enqueued",
+        "delivered",
+        "dead",
+        "queued",
+        "in_flight",
+        "scheduled",
+        "deferred",
+        "parked",
+        "purged",
+        "erased",
+        "lost",
+        "duplicates",
+        "api_duplicates",
+        "retried",
+        "rate_per_second",
+        "oldest_queued_age",
+        "workers",
     ]
     for key in order:
         value = data.get(key)

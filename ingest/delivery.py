@@ -203,7 +203,9 @@ def deliver_payment(body: str, website: str | None = None) -> str:
                 content=body.encode(),
                 headers={**credentials.headers, "Content-Type": "application/json"},
             )
-            outcome = classify(response.status_code, response.content, response.headers.get("retry-after"))
+            outcome = classify(
+                response.status_code, response.content, response.headers.get("retry-after")
+            )
         except httpx.HTTPError as exc:
             outcome = classify(None, error=describe_transport_error(exc))
     if outcome.verdict.delivered:

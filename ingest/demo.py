@@ -57,8 +57,12 @@ def sample_events(count: int, *, rng: random.Random) -> list[dict[str, Any]]:
             refund_of = events[rng.randrange(len(events))]
             events.append({**refund_of, "refunded": True})
     events.append(
-        {"amount": 0, "currency": "USD", "transaction_id": "demo_trial_1",
-         "datafast_visitor_id": "3f1c2a4e-ffff-4c1b-9b7e-000000000001"}
+        {
+            "amount": 0,
+            "currency": "USD",
+            "transaction_id": "demo_trial_1",
+            "datafast_visitor_id": "3f1c2a4e-ffff-4c1b-9b7e-000000000001",
+        }
     )
     for tid in REFUSED_IDS:
         events.append({"amount": 5, "currency": "USD", "transaction_id": tid})
@@ -68,16 +72,22 @@ def sample_events(count: int, *, rng: random.Random) -> list[dict[str, Any]]:
 INVALID_EVENTS: list[dict[str, Any]] = [
     {"amount": -10, "currency": "USD", "transaction_id": "demo_bad_amount"},
     {"amount": 10, "currency": "DOLLARS", "transaction_id": "demo_bad_currency"},
-    {"amount": 10, "currency": "USD", "transaction_id": "demo_naive_time",
-     "timestamp": "2026-05-01T12:00:00"},
+    {
+        "amount": 10,
+        "currency": "USD",
+        "transaction_id": "demo_naive_time",
+        "timestamp": "2026-05-01T12:00:00",
+    },
     {"amount": 10, "currency": "USD", "transaction_id": ""},
 ]
 
 
 def run_demo(*, events: int, workers: int, latency_ms: float, timeout: float) -> bool:
     console = Console()
-    console.print(f"[bold]datafast-ingest demo[/]: {events:,} payments, {workers} worker "
-                  f"process(es), sandbox answering in {latency_ms:g} ms")
+    console.print(
+        f"[bold]datafast-ingest demo[/]: {events:,} payments, {workers} worker "
+        f"process(es), sandbox answering in {latency_ms:g} ms"
+    )
     with RedisServer() as redis_server, SandboxProcess(_sandbox_config(latency_ms)) as sandbox:
         settings = Settings(
             redis_url=redis_server.url,
@@ -120,15 +130,17 @@ def _sandbox_config(latency_ms: float) -> SandboxConfig:
     faults = Faults.from_json(
         {
             "latency_ms": latency_ms,
-            "fail_ids": {tid: {"status": 400, "message": "amount does not match the order"}
-                         for tid in REFUSED_IDS},
+            "fail_ids": {
+                tid: {"status": 400, "message": "amount does not match the order"}
+                for tid in REFUSED_IDS
+            },
         }
     )
     return SandboxConfig(faults=faults)
 
 
 def _enqueue_all(console: Console, producer: Producer, count: int) -> int:
-    rng = random.Random(20261126)  # noqa: S311 - sample data, not security
+    rng = random.Random(20261126)
     samples = sample_events(count, rng=rng)
     payments: list[Payment] = [validate_payment(**event) for event in samples]
     receipts = producer.enqueue_many(payments)
@@ -136,8 +148,10 @@ def _enqueue_all(console: Console, producer: Producer, count: int) -> int:
     again = producer.enqueue_many(payments[:25])
     queued = sum(r.status in ("queued", "deferred") for r in receipts)
     duplicates = sum(r.duplicate for r in again)
-    console.print(f"  enqueued {queued:,} events in one round trip; re-sent 25: "
-                  f"{duplicates} reported as duplicates")
+    console.print(
+        f"  enqueued {queued:,} events in one round trip; re-sent 25: "
+        f"{duplicates} reported as duplicates"
+    )
     rejected = 0
     for event in INVALID_EVENTS:
         try:
@@ -165,14 +179,19 @@ def _start_worker(settings: Settings, index: int) -> subprocess.Popen[bytes]:
     )
 
 
-def _watch(console: Console, connection: redis.Redis, settings: Settings, *, timeout: float
-           ) -> Accounting:
+def _watch(
+    console: Console, connection: redis.Redis, settings: Settings, *, timeout: float
+) -> Accounting:
     deadline = time.monotonic() + timeout
     accounting = read_accounting(connection, settings.queue)
     with Progress(
-        TextColumn("[bold]delivering"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("[bold]delivering"),
+        BarColumn(),
+        MofNCompleteColumn(),
         TextColumn("{task.fields[rate]:>7.0f}/s  dead {task.fields[dead]}"),
-        TimeElapsedColumn(), console=console, transient=False,
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     ) as progress:
         task = progress.add_task("deliver", total=accounting.enqueued, rate=0.0, dead=0)
         last, last_at = 0, time.monotonic()

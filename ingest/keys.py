@@ -49,6 +49,11 @@ RQ_QUEUES = "rq:queues"
 JOB_PREFIX = "rq:job:"
 
 
+def text(value: bytes | str) -> str:
+    """redis-py answers bytes or str depending on the client: narrow it here, once."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def job_key(job_id: str) -> str:
     return f"{JOB_PREFIX}{job_id}"
 

@@ -306,7 +306,11 @@ def _merge_alias(
         return alias_value
     if alias_value is None:
         return value
-    if isinstance(value, str) and isinstance(alias_value, str) and value.strip() == alias_value.strip():
+    if (
+        isinstance(value, str)
+        and isinstance(alias_value, str)
+        and value.strip() == alias_value.strip()
+    ):
         return value
     errors[field] = f"given as both {field} and {alias} with different values; pass one"
     return None
@@ -331,7 +335,9 @@ def _parse_timestamp(value: Any) -> datetime | None:
     elif isinstance(value, str):
         text = value.strip()
         try:
-            moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+            moment = datetime.fromisoformat(
+                text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
+            )
         except ValueError:
             raise _Invalid(
                 f"must be an ISO 8601 date-time such as 2026-05-01T12:00:00Z, got {value!r}"

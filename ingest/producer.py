@@ -7,23 +7,30 @@ enqueue after a timeout cannot push it twice.
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import keys
-from .errors import QueueUnavailableError, ValidationError
+from . import keys, metrics
+from .errors import QueueUnavailableError, SpoolFullError, ValidationError
+from .logs import get_logger
 from .models import Payment, payment_from_mapping, validate_payment
 from .scripts import ENQUEUE
 from .settings import Settings
+from .spool import FlushResult, Spool
+
+_log = get_logger(component="producer")
 
 DELIVER_FUNCTION = "ingest.delivery.deliver_payment"
 ReceiptStatus = Literal["queued", "deferred", "duplicate", "spooled"]
@@ -76,8 +83,8 @@ def rq_timestamp(moment: datetime) -> str:
 def producer_connection(settings: Settings) -> redis.Redis:
     """A connection that fails fast: a hung Redis costs a checkout milliseconds, not seconds.
 
-    No client-side retry: a retry after a timeout could be the second copy of a command that
-    did reach Redis; our deterministic ids make a retry harmless, but not free in latency.
+    No client-side retry: the spool is the fallback, and a retry after a timeout would only
+    add latency (deterministic ids make a repeated enqueue harmless, not free).
     """
     return redis.Redis.from_url(
         settings.redis_url,
@@ -88,56 +95,65 @@ def producer_connection(settings: Settings) -> redis.Redis:
     )
 
 
-class Producer:
-    """Validates and enqueues events. Thread-safe; safe across ``fork()`` (redis-py's pool
-    notices the new pid and opens fresh connections in the child)."""
+class CircuitBreaker:
+    """After a Redis failure, skip Redis for ``cooldown`` seconds, then let one call probe.
 
-    def __init__(
-        self,
-        settings: Settings | None = None,
-        *,
-        connection: redis.Redis | None = None,
-    ) -> None:
+    While Redis is down every checkout would otherwise pay the full timeout; with the
+    breaker open they go straight to the spool (~0.1 ms).
+    """
+
+    def __init__(self, cooldown: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cooldown = cooldown
+        self._clock = clock
+        self._open_until = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        return self._clock() < self._open_until
+
+    def allow(self) -> bool:
+        with self._lock:
+            now = self._clock()
+            if now < self._open_until:
+                return False
+            if self._open_until:
+                # Half-open: this caller probes; the others keep spooling until it answers.
+                self._open_until = now + self.cooldown
+            return True
+
+    def success(self) -> bool:
+        """Record a success; True if this closed a breaker that was open."""
+        with self._lock:
+            was_open = self._open_until != 0.0
+            self._open_until = 0.0
+            return was_open
+
+    def failure(self) -> None:
+        with self._lock:
+            self._open_until = self._clock() + self.cooldown
+
+
+_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError)
+
+
+class _ProducerBase:
+    """What the sync and async producers share: keys, script arguments, breaker, spool."""
+
+    def __init__(self, settings: Settings | None, *, spool: Spool | bool | None) -> None:
         self.settings = settings or Settings()
-        self.connection = connection or producer_connection(self.settings)
         self.keys = keys.QueueKeys(self.settings.queue)
-        self._enqueue_script = self.connection.register_script(ENQUEUE)
-
-    def enqueue(self, payment: Payment) -> Receipt:
-        """Put one validated event on the queue. One round trip (``EVALSHA``)."""
-        keys_, args = self._script_call(payment)
-        try:
-            result = self._enqueue_script(keys=keys_, args=args)
-        except redis.RedisError as exc:
-            raise QueueUnavailableError(f"Redis unavailable: {type(exc).__name__}") from exc
-        return Receipt(payment.job_id, payment.transaction_id, _RESULTS[int(result)])
-
-    def enqueue_many(self, payments: Iterable[Payment]) -> list[Receipt]:
-        """Enqueue many validated events in one round trip (a pipeline of script calls)."""
-        batch = list(payments)
-        if not batch:
-            return []
-        # Loads the script if needed, so the pipeline's EVALSHAs cannot meet NOSCRIPT.
-        self._ensure_loaded()
-        with self.connection.pipeline(transaction=False) as pipe:
-            for payment in batch:
-                keys_, args = self._script_call(payment)
-                self._enqueue_script(keys=keys_, args=args, client=pipe)
-            try:
-                results = pipe.execute()
-            except redis.RedisError as exc:
-                raise QueueUnavailableError(f"Redis unavailable: {type(exc).__name__}") from exc
-        return [
-            Receipt(p.job_id, p.transaction_id, _RESULTS[int(r)])
-            for p, r in zip(batch, results, strict=True)
-        ]
-
-    def _ensure_loaded(self) -> None:
-        try:
-            if not self.connection.script_exists(self._enqueue_script.sha)[0]:
-                self._enqueue_script.sha = str(self.connection.script_load(ENQUEUE))
-        except redis.RedisError as exc:
-            raise QueueUnavailableError(f"Redis unavailable: {type(exc).__name__}") from exc
+        self.breaker = CircuitBreaker(self.settings.breaker_cooldown)
+        if spool is True:
+            spool = Spool(
+                self.settings.spool_dir,
+                max_bytes=self.settings.spool_max_bytes,
+                fsync=self.settings.spool_fsync,
+            )
+        self.spool: Spool | None = spool or None
+        self._flusher: threading.Thread | None = None
+        self._flusher_lock = threading.Lock()
+        self._spool_dirty = self.spool is not None and self.spool.pending() > 0
 
     def _script_call(self, payment: Payment) -> tuple[list[str], list[str | float]]:
         job_id = payment.job_id
@@ -168,29 +184,244 @@ class Producer:
         ]
         return keys_, args
 
+    def _receipt(self, payment: Payment, result: Any) -> Receipt:
+        status = _RESULTS[int(result)]
+        metrics.ENQUEUED.labels(status).inc()
+        return Receipt(payment.job_id, payment.transaction_id, status)
+
+    def _spooled(self, payments: list[Payment], exc: BaseException) -> list[Receipt]:
+        """Redis failed: keep the events on disk, or raise if there is no room."""
+        self.breaker.failure()
+        metrics.REDIS_ERRORS.labels(type(exc).__name__).inc()
+        if self.spool is None:
+            raise QueueUnavailableError(f"Redis unavailable: {type(exc).__name__}") from exc
+        receipts = []
+        for payment in payments:
+            try:
+                self.spool.append(payment)
+            except SpoolFullError:
+                metrics.SPOOL_FULL.inc()
+                raise
+            metrics.ENQUEUED.labels("spooled").inc()
+            metrics.SPOOL_EVENTS.inc()
+            receipts.append(Receipt(payment.job_id, payment.transaction_id, "spooled"))
+        self._spool_dirty = True
+        return receipts
+
+    def _after_success(self) -> None:
+        if self.breaker.success() or self._spool_dirty:
+            self.start_background_flush()
+
+    def _spool_only(self, payments: list[Payment]) -> list[Receipt]:
+        return self._spooled(payments, QueueUnavailableError("circuit open"))
+
+    def start_background_flush(self) -> None:
+        """Move spooled events into Redis on a daemon thread (one at a time per producer)."""
+        if self.spool is None:
+            return
+        with self._flusher_lock:
+            if self._flusher is not None and self._flusher.is_alive():
+                return
+            self._spool_dirty = False
+            self._flusher = threading.Thread(
+                target=self._flush_in_background, name="ingest-spool-flush", daemon=True
+            )
+            self._flusher.start()
+
+    def _flush_in_background(self) -> None:
+        try:
+            result = self.flush_spool()
+        except Exception as exc:  # Redis went away again: the next success retries
+            self._spool_dirty = True
+            _log.warning("spool flush interrupted; will retry", error=type(exc).__name__)
+            return
+        if result.events or result.quarantined:
+            _log.info(
+                "spool flushed",
+                events=result.events,
+                queued=result.queued,
+                duplicates=result.duplicates,
+                quarantined=result.quarantined,
+            )
+
+    def flush_spool(self) -> FlushResult:
+        """Move every spooled event into Redis now (what ``ingest spool flush`` runs)."""
+        if self.spool is None:
+            return FlushResult()
+        connection = redis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
+        try:
+            flusher = Producer(self.settings, connection=connection, spool=False)
+            result = self.spool.flush(flusher.enqueue_many)
+        finally:
+            connection.close()
+        metrics.SPOOL_EVENTS.set(self.spool.pending())
+        return result
+
+
+class Producer(_ProducerBase):
+    """Validates and enqueues events. Thread-safe, and safe across ``fork()``: redis-py's
+    pool notices the new pid and opens fresh connections in the child, and the spool opens
+    a file of the child's own.
+
+    ``spool=True`` (default) keeps events on local disk while Redis is unreachable;
+    ``spool=False`` raises :class:`QueueUnavailableError` instead.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        connection: redis.Redis | None = None,
+        spool: Spool | bool = True,
+    ) -> None:
+        super().__init__(settings, spool=spool)
+        self.connection = connection or producer_connection(self.settings)
+        self._enqueue_script = self.connection.register_script(ENQUEUE)
+
+    def enqueue(self, payment: Payment) -> Receipt:
+        """Put one validated event on the queue: one round trip (``EVALSHA``), or the spool."""
+        if not self.breaker.allow():
+            return self._spool_only([payment])[0]
+        keys_, args = self._script_call(payment)
+        try:
+            result = self._enqueue_script(keys=keys_, args=args)
+        except _UNAVAILABLE as exc:
+            return self._spooled([payment], exc)[0]
+        self._after_success()
+        return self._receipt(payment, result)
+
+    def enqueue_many(self, payments: Iterable[Payment]) -> list[Receipt]:
+        """Enqueue many validated events in one round trip (a pipeline of script calls)."""
+        batch = list(payments)
+        if not batch:
+            return []
+        if not self.breaker.allow():
+            return self._spool_only(batch)
+        try:
+            # Load the script first, so the pipeline's EVALSHAs cannot meet NOSCRIPT.
+            if not self.connection.script_exists(self._enqueue_script.sha)[0]:
+                self.connection.script_load(ENQUEUE)
+            with self.connection.pipeline(transaction=False) as pipe:
+                for payment in batch:
+                    keys_, args = self._script_call(payment)
+                    self._enqueue_script(keys=keys_, args=args, client=pipe)
+                results = pipe.execute()
+        except _UNAVAILABLE as exc:
+            # Some may have reached Redis: spooling them too is safe, a flush reports them
+            # as duplicates.
+            return self._spooled(batch, exc)
+        self._after_success()
+        return [self._receipt(p, r) for p, r in zip(batch, results, strict=True)]
+
     def close(self) -> None:
         self.connection.close()
+        if self.spool is not None:
+            self.spool.close()
+
+
+class AsyncProducer(_ProducerBase):
+    """The asyncio twin of :class:`Producer` (``redis.asyncio``), for async web frameworks.
+
+    Same validation, ids, duplicate detection and spool; the spool append is a small
+    synchronous file write (~0.1 ms), cheaper than a hop to a thread.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        connection: redis.asyncio.Redis | None = None,
+        spool: Spool | bool = True,
+    ) -> None:
+        super().__init__(settings, spool=spool)
+        self.connection = connection or redis.asyncio.Redis.from_url(
+            self.settings.redis_url,
+            socket_timeout=self.settings.producer_timeout,
+            socket_connect_timeout=self.settings.producer_timeout,
+            retry=AsyncRetry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        self._enqueue_script = self.connection.register_script(ENQUEUE)
+
+    async def enqueue(self, payment: Payment) -> Receipt:
+        if not self.breaker.allow():
+            return self._spool_only([payment])[0]
+        keys_, args = self._script_call(payment)
+        try:
+            result = await asyncio.wait_for(
+                self._enqueue_script(keys=keys_, args=args),
+                timeout=self.settings.producer_timeout * 2,
+            )
+        except (*_UNAVAILABLE, TimeoutError) as exc:
+            return self._spooled([payment], exc)[0]
+        self._after_success()
+        return self._receipt(payment, result)
+
+    async def enqueue_many(self, payments: Iterable[Payment]) -> list[Receipt]:
+        batch = list(payments)
+        if not batch:
+            return []
+        if not self.breaker.allow():
+            return self._spool_only(batch)
+        try:
+            if not (await self.connection.script_exists(self._enqueue_script.sha))[0]:
+                await self.connection.script_load(ENQUEUE)
+            async with self.connection.pipeline(transaction=False) as pipe:
+                for payment in batch:
+                    keys_, args = self._script_call(payment)
+                    await self._enqueue_script(keys=keys_, args=args, client=pipe)
+                results = await pipe.execute()
+        except (*_UNAVAILABLE, TimeoutError) as exc:
+            return self._spooled(batch, exc)
+        self._after_success()
+        return [self._receipt(p, r) for p, r in zip(batch, results, strict=True)]
+
+    async def aclose(self) -> None:
+        await self.connection.aclose()
+        if self.spool is not None:
+            self.spool.close()
 
 
 _default: Producer | None = None
-_default_pid: int | None = None
+_default_async: AsyncProducer | None = None
 _default_lock = threading.Lock()
 
 
-def configure(settings: Settings | None = None, *, connection: redis.Redis | None = None) -> Producer:
+def configure(
+    settings: Settings | None = None, *, connection: redis.Redis | None = None
+) -> Producer:
     """Set the producer that :func:`enqueue_payment` uses (default: from the environment)."""
-    global _default, _default_pid
+    global _default, _default_async
     with _default_lock:
         _default = Producer(settings, connection=connection)
-        _default_pid = os.getpid()
+        _default_async = None
         return _default
 
 
 def default_producer() -> Producer:
     producer = _default
     if producer is None:
-        return configure()
+        with _default_lock:
+            if _default is None:
+                return configure()
+            return _default
     return producer
+
+
+def default_async_producer() -> AsyncProducer:
+    global _default_async
+    if _default_async is None:
+        _default_async = AsyncProducer(_default.settings if _default else None)
+    return _default_async
+
+
+def _validated(fields: dict[str, Any]) -> Payment:
+    try:
+        return validate_payment(**fields)
+    except ValidationError as exc:
+        for field in exc.errors:
+            metrics.REJECTED.labels(field).inc()
+        raise
 
 
 def enqueue_payment(
@@ -214,26 +445,64 @@ def enqueue_payment(
     """Validate a payment (or refund) and queue it for delivery to DataFast.
 
     Raises :class:`ingest.ValidationError` (a ``ValueError``) naming every bad field before
-    anything touches Redis, and :class:`ingest.QueueUnavailableError` if Redis cannot be
-    reached. Enqueueing the same event again returns a receipt with ``duplicate=True``.
+    anything touches Redis. Never waits long on Redis (``INGEST_PRODUCER_TIMEOUT``): when
+    Redis is unreachable the event is kept in the local spool and the receipt says
+    ``spooled``; only a full spool raises (:class:`ingest.SpoolFullError`). Enqueueing the
+    same event again returns a receipt with ``duplicate=True``.
     """
-    payment = validate_payment(
-        amount=amount,
-        currency=currency,
-        transaction_id=transaction_id,
-        datafast_visitor_id=datafast_visitor_id,
-        email=email,
-        name=name,
-        customer_id=customer_id,
-        renewal=renewal,
-        refunded=refunded,
-        is_free_trial=is_free_trial,
-        timestamp=timestamp,
-        website_id=website_id,
-        customer_email=customer_email,
-        customer_name=customer_name,
-    )
+    fields = dict(locals())
+    fields.pop("producer")
+    payment = _validated(fields)
     return (producer or default_producer()).enqueue(payment)
+
+
+async def enqueue_payment_async(
+    *,
+    amount: Any,
+    currency: Any,
+    transaction_id: Any,
+    datafast_visitor_id: Any = None,
+    email: Any = None,
+    name: Any = None,
+    customer_id: Any = None,
+    renewal: Any = False,
+    refunded: Any = False,
+    is_free_trial: Any = None,
+    timestamp: Any = None,
+    website_id: Any = None,
+    customer_email: Any = None,
+    customer_name: Any = None,
+    producer: AsyncProducer | None = None,
+) -> Receipt:
+    """The asyncio twin of :func:`enqueue_payment`: same validation, ids and spool."""
+    fields = dict(locals())
+    fields.pop("producer")
+    payment = _validated(fields)
+    return await (producer or default_async_producer()).enqueue(payment)
+
+
+def _validate_all(
+    events: Iterable[Mapping[str, Any]],
+) -> tuple[list[Any], list[tuple[int, Payment]]]:
+    results: list[Any] = []
+    valid: list[tuple[int, Payment]] = []
+    for index, event in enumerate(events):
+        try:
+            valid.append((index, payment_from_mapping(dict(event))))
+            results.append(None)
+        except ValidationError as exc:
+            for field in exc.errors:
+                metrics.REJECTED.labels(field).inc()
+            results.append(Rejected(index, exc))
+    return results, valid
+
+
+def _merge(
+    results: list[Any], valid: list[tuple[int, Payment]], receipts: list[Receipt]
+) -> list[Receipt | Rejected]:
+    for (index, _), receipt in zip(valid, receipts, strict=True):
+        results[index] = receipt
+    return list(results)
 
 
 def enqueue_payments(
@@ -245,15 +514,15 @@ def enqueue_payments(
     the validation error for an event that was not queued. Invalid events do not stop the
     valid ones.
     """
-    results: list[Receipt | Rejected | None] = []
-    valid: list[tuple[int, Payment]] = []
-    for index, event in enumerate(events):
-        try:
-            valid.append((index, payment_from_mapping(dict(event))))
-            results.append(None)
-        except ValidationError as exc:
-            results.append(Rejected(index, exc))
+    results, valid = _validate_all(events)
     receipts = (producer or default_producer()).enqueue_many(p for _, p in valid)
-    for (index, _), receipt in zip(valid, receipts, strict=True):
-        results[index] = receipt
-    return [r for r in results if r is not None]
+    return _merge(results, valid, receipts)
+
+
+async def enqueue_payments_async(
+    events: Iterable[Mapping[str, Any]], *, producer: AsyncProducer | None = None
+) -> list[Receipt | Rejected]:
+    """The asyncio twin of :func:`enqueue_payments`."""
+    results, valid = _validate_all(events)
+    receipts = await (producer or default_async_producer()).enqueue_many(p for _, p in valid)
+    return _merge(results, valid, receipts)

@@ -47,7 +47,9 @@ class RetryPolicy:
         """Whether an event that has now failed ``attempts_made`` times gets another try."""
         return attempts_made < self.max_attempts
 
-    def delay(self, attempts_made: int, random: RandomSource, retry_after: float | None = None) -> float:
+    def delay(
+        self, attempts_made: int, random: RandomSource, retry_after: float | None = None
+    ) -> float:
         """Seconds before the next attempt after ``attempts_made`` failures (1-based).
 
         Full jitter (a uniform draw in ``[0, min(cap, base * 2**(n-1))]``) spreads a burst of
@@ -58,11 +60,13 @@ class RetryPolicy:
         ceiling = min(self.cap, self.base * 2 ** max(0, attempts_made - 1))
         jittered = random() * ceiling
         if retry_after is None:
-            return jittered
-        return retry_after * (1.0 + 0.1 * random())
+            return float(jittered)
+        return float(retry_after * (1.0 + 0.1 * random()))
 
 
 def utc_iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(timestamp, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
     )

@@ -210,8 +210,9 @@ for i = 4, #ARGV do
   local raw = redis.call('HGET', KEYS[1], id)
   if raw then
     local rec = cjson.decode(raw)
-    redis.call('HSET', ARGV[1] .. id, 'data', rec['data'], 'created_at', rec['created_at'] or ARGV[2],
-      'enqueued_at', ARGV[2], 'origin', ARGV[3], 'status', 'queued',
+    redis.call('HSET', ARGV[1] .. id, 'data', rec['data'],
+      'created_at', rec['created_at'] or ARGV[2], 'enqueued_at', ARGV[2],
+      'origin', ARGV[3], 'status', 'queued',
       'description', rec['description'] or '', 'result_ttl', '0', 'timeout', '60',
       'website', rec['website'] or '', 'attempts', '0', 'history', rec['history_json'] or '')
     redis.call('RPUSH', KEYS[3], id)

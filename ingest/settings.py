@@ -50,7 +50,10 @@ class Settings(BaseSettings):
         description="POSTs in flight per worker process (measured: see README, Performance).",
     )
     max_attempts: int = Field(
-        default=12, ge=1, le=100, description="Attempts before a transient failure is dead-lettered."
+        default=12,
+        ge=1,
+        le=100,
+        description="Attempts before a transient failure is dead-lettered.",
     )
     backoff_base: float = Field(
         default=1.0, gt=0, description="Seconds: first retry delay cap (doubles per attempt)."
@@ -88,6 +91,19 @@ class Settings(BaseSettings):
     spool_dir: Path = Field(
         default_factory=default_spool_dir,
         description="Where the producer keeps events while Redis is down.",
+    )
+    spool_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Size cap of the spool; past it an enqueue raises SpoolFullError.",
+    )
+    spool_fsync: bool = Field(
+        default=True, description="fdatasync every spooled event before returning (durable)."
+    )
+    breaker_cooldown: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds the producer sends straight to the spool after a Redis failure.",
     )
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="Serve Prometheus metrics on this port."

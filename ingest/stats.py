@@ -63,7 +63,7 @@ class Accounting:
 def read_accounting(connection: redis.Redis, queue: str, *, now: float | None = None) -> Accounting:
     k = keys.QueueKeys(queue)
     now = time.time() if now is None else now
-    paused_sites = [s.decode() for s in connection.hkeys(k.paused)]
+    paused_sites = [keys.text(s) for s in connection.hkeys(k.paused)]
     with connection.pipeline(transaction=True) as pipe:
         pipe.hgetall(k.stats)
         pipe.llen(k.queue)
@@ -79,13 +79,13 @@ def read_accounting(connection: redis.Redis, queue: str, *, now: float | None = 
         results = pipe.execute()
     raw_stats, queued, in_flight, scheduled, deferred, dead, rate, head, paused = results[:9]
     parked = sum(int(n) for n in results[9:])
-    counters = {key.decode(): int(value) for key, value in raw_stats.items()}
+    counters = {keys.text(key): int(value) for key, value in raw_stats.items()}
     window = [int(v) for s, v in rate.items() if now - 60 <= int(s) < now]
     oldest: float | None = None
     if head is not None:
-        enqueued_at = connection.hget(keys.job_key(head.decode()), "enqueued_at")
+        enqueued_at = connection.hget(keys.job_key(keys.text(head)), "enqueued_at")
         if enqueued_at:
-            moment = datetime.strptime(enqueued_at.decode(), "%Y-%m-%dT%H:%M:%S.%fZ")
+            moment = datetime.strptime(keys.text(enqueued_at), "%Y-%m-%dT%H:%M:%S.%fZ")
             oldest = max(0.0, now - moment.replace(tzinfo=UTC).timestamp())
     from rq import Worker
 
@@ -108,5 +108,5 @@ def read_accounting(connection: redis.Redis, queue: str, *, now: float | None = 
         rate_per_second=sum(window) / 60.0,
         oldest_queued_age=oldest,
         workers=Worker.count(connection=connection),
-        paused={s.decode(): r.decode() for s, r in paused.items()},
+        paused={keys.text(s): keys.text(r) for s, r in paused.items()},
     )

@@ -20,6 +20,7 @@ The loop, top to bottom:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import signal
@@ -37,6 +38,7 @@ from rq.worker import WorkerStatus
 
 from . import keys
 from .delivery import Outcome, PaymentsClient, Verdict, build_async_client
+from .keys import text
 from .logs import get_logger, scrub
 from .retry import RandomSource, RetryPolicy, utc_iso
 from .scripts import ACK, CLAIM, RECLAIM, UNPAUSE
@@ -132,7 +134,9 @@ def decide(
         due = now + policy.delay(attempts, random, outcome.retry_after)
         return ["retry", claimed.job_id, due, attempts, json.dumps(history)]
     reason = "rejected" if outcome.verdict is Verdict.PERMANENT else "exhausted"
-    record = dead_record(claimed, outcome, reason=reason, attempts=attempts, history=history, now=now)
+    record = dead_record(
+        claimed, outcome, reason=reason, attempts=attempts, history=history, now=now
+    )
     return ["dead", claimed.job_id, 1 if claimed.has_dependents else 0, json.dumps(record)]
 
 
@@ -166,7 +170,7 @@ def dead_record(
     }
 
 
-class IngestWorker(SimpleWorker):  # type: ignore[misc]
+class IngestWorker(SimpleWorker):
     """An RQ worker that delivers many payment events concurrently.
 
     Collaborators are injectable for tests: the Redis connection, a factory for the HTTP
@@ -196,7 +200,9 @@ class IngestWorker(SimpleWorker):  # type: ignore[misc]
         )
         self.settings = settings
         self.keys = keys.QueueKeys(settings.queue)
-        self.policy = RetryPolicy(settings.max_attempts, settings.backoff_base, settings.backoff_max)
+        self.policy = RetryPolicy(
+            settings.max_attempts, settings.backoff_base, settings.backoff_max
+        )
         self.counts = WorkerCounts()
         self._http_client_factory = http_client_factory
         self._random = random_source
@@ -206,7 +212,9 @@ class IngestWorker(SimpleWorker):  # type: ignore[misc]
 
     # -- RQ's entry point --------------------------------------------------------------------
 
-    def work(self, burst: bool = False, logging_level: str | None = "WARNING", **_: Any) -> bool:
+    def work(  # type: ignore[override]  # RQ's scheduling options do not apply here
+        self, burst: bool = False, logging_level: str | None = "WARNING", **_: Any
+    ) -> bool:
         """Deliver until stopped (or, with ``burst``, until nothing is left to do).
 
         ``burst`` ends when nothing is queued, in flight or scheduled for a retry; events of
@@ -219,7 +227,7 @@ class IngestWorker(SimpleWorker):  # type: ignore[misc]
         try:
             asyncio.run(self._run(burst))
         finally:
-            self.teardown()
+            self.teardown()  # type: ignore[no-untyped-call]
         self._log.info("worker stopped", **_summary(self.counts))
         return self.counts.claimed > 0
 
@@ -285,10 +293,26 @@ class IngestWorker(SimpleWorker):  # type: ignore[misc]
                 return
             batch = finished[:]
             stale = await ack(
-                keys=[k.started, k.queue, k.scheduled, k.stats, k.dead, k.dead_index, k.deferred,
-                      k.rate, k.paused],
-                args=[self._clock(), self.name, self.settings.dedup_window, k.done_prefix,
-                      keys.JOB_PREFIX, k.parked_prefix, json.dumps(batch)],
+                keys=[
+                    k.started,
+                    k.queue,
+                    k.scheduled,
+                    k.stats,
+                    k.dead,
+                    k.dead_index,
+                    k.deferred,
+                    k.rate,
+                    k.paused,
+                ],
+                args=[
+                    self._clock(),
+                    self.name,
+                    self.settings.dedup_window,
+                    k.done_prefix,
+                    keys.JOB_PREFIX,
+                    k.parked_prefix,
+                    json.dumps(batch),
+                ],
             )
             del finished[: len(batch)]
             for entry in batch:
@@ -296,20 +320,22 @@ class IngestWorker(SimpleWorker):  # type: ignore[misc]
                 self._count(entry)
             if stale:
                 self.counts.stale += int(stale)
-                self._log.warning("outcomes for events whose lease had expired were skipped",
-                                  count=int(stale))
+                self._log.warning(
+                    "outcomes for events whose lease had expired were skipped", count=int(stale)
+                )
 
         async def housekeeping() -> None:
             now = self._clock()
             await asyncio.to_thread(self.heartbeat)
             if held:
                 members: dict[str, float] = {f"{jid}:{self.name}": now + lease for jid in held}
-                await aconn.zadd(k.started, members, xx=True)  # type: ignore[arg-type]
+                await aconn.zadd(k.started, members, xx=True)
             returned = await reclaim(keys=[k.started, k.queue], args=[now, 1000, keys.JOB_PREFIX])
             if returned:
                 self.counts.reclaimed += int(returned)
-                self._log.warning("events of a dead worker put back on the queue",
-                                  count=int(returned))
+                self._log.warning(
+                    "events of a dead worker put back on the queue", count=int(returned)
+                )
             old = [f for f in await aconn.hkeys(k.rate) if int(f) < now - 120]
             if old:
                 await aconn.hdel(k.rate, *old)
@@ -329,8 +355,15 @@ class IngestWorker(SimpleWorker):  # type: ignore[misc]
                         now = self._clock()
                         rows = await claim(
                             keys=[k.queue, k.started, k.scheduled, k.paused],
-                            args=[now, now + lease, self.name, free, keys.JOB_PREFIX,
-                                  k.parked_prefix, 1000],
+                            args=[
+                                now,
+                                now + lease,
+                                self.name,
+                                free,
+                                keys.JOB_PREFIX,
+                                k.parked_prefix,
+                                1000,
+                            ],
                         )
                         for i in range(0, len(rows), _CLAIM_FIELDS):
                             claimed = Claimed.from_claim(rows[i : i + _CLAIM_FIELDS])
@@ -347,10 +380,8 @@ class IngestWorker(SimpleWorker):  # type: ignore[misc]
                         await asyncio.sleep(max(_IDLE_POLL, min(limiter.held_for(), 1.0)))
                     else:
                         wake.clear()
-                        try:
+                        with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(wake.wait(), timeout=0.25)
-                        except TimeoutError:
-                            pass
                         # Let more requests finish so they are acknowledged together.
                         await asyncio.sleep(_TICK)
                 except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
@@ -358,8 +389,11 @@ class IngestWorker(SimpleWorker):  # type: ignore[misc]
                     # Leases may run out meanwhile; then another worker re-sends those events
                     # and our late acknowledgements are skipped (the API dedups the resend).
                     redis_backoff = min(5.0, max(0.1, redis_backoff * 2))
-                    self._log.warning("redis unavailable, retrying", error=type(exc).__name__,
-                                      retry_in=redis_backoff)
+                    self._log.warning(
+                        "redis unavailable, retrying",
+                        error=type(exc).__name__,
+                        retry_in=redis_backoff,
+                    )
                     await asyncio.sleep(redis_backoff)
             await self._shutdown_gracefully(in_flight, held, finished, flush)
         finally:
@@ -412,33 +446,39 @@ class IngestWorker(SimpleWorker):  # type: ignore[misc]
         """Try one parked event per paused website now and then; success lifts the pause."""
         paused = await aconn.hgetall(self.keys.paused)
         for raw_site, raw_reason in paused.items():
-            site = raw_site.decode()
+            site = text(raw_site)
             if now - last_probe.get(site, 0.0) < self.settings.auth_probe_interval:
                 continue
             last_probe[site] = now
             parked_key = self.keys.parked(site)
             head = await aconn.lindex(parked_key, 0)
             if head is None:
-                await unpause(keys=[parked_key, self.keys.queue, self.keys.paused],
-                              args=[site, keys.JOB_PREFIX])
+                await unpause(
+                    keys=[parked_key, self.keys.queue, self.keys.paused],
+                    args=[site, keys.JOB_PREFIX],
+                )
                 continue
-            data = await aconn.hget(keys.job_key(head.decode()), "data")
+            data = await aconn.hget(keys.job_key(text(head)), "data")
             if data is None:
-                await aconn.lrem(parked_key, 1, head)
+                await aconn.lrem(parked_key, 1, text(head))
                 continue
             _f, _i, args, _kw = json.loads(data)
             outcome = await client.send(args[0], args[1])
             if outcome.verdict is Verdict.AUTH:
                 self._log.error(
                     "delivery paused: the Payments API refuses our credentials",
-                    website=site, status=outcome.status, api_message=scrub(outcome.message),
+                    website=site,
+                    status=outcome.status,
+                    api_message=scrub(outcome.message),
                     paused_since=json.loads(raw_reason).get("since"),
                 )
                 continue
-            released = await unpause(keys=[parked_key, self.keys.queue, self.keys.paused],
-                                     args=[site, keys.JOB_PREFIX])
-            self._log.warning("delivery resumed: credentials accepted again", website=site,
-                              released=int(released))
+            released = await unpause(
+                keys=[parked_key, self.keys.queue, self.keys.paused], args=[site, keys.JOB_PREFIX]
+            )
+            self._log.warning(
+                "delivery resumed: credentials accepted again", website=site, released=int(released)
+            )
 
     def _count(self, entry: list[Any]) -> None:
         kind = entry[0]
@@ -452,8 +492,11 @@ class IngestWorker(SimpleWorker):  # type: ignore[misc]
             c.dead_lettered += 1
         elif kind == "park":
             c.parked += 1
-            self._log.error("delivery paused: the Payments API refuses our credentials",
-                            website=entry[2], reason=entry[3])
+            self._log.error(
+                "delivery paused: the Payments API refuses our credentials",
+                website=entry[2],
+                reason=entry[3],
+            )
         elif kind == "return":
             c.returned += 1
 

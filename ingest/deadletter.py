@@ -1,0 +1,277 @@
+"""The dead-letter store: events the API refused for good, or that ran out of attempts.
+
+Each dead letter keeps the event (so it can be replayed exactly), why it died, the API's
+last status and message, and every attempt. Nothing here expires or is trimmed: a payment
+leaves the store only by an operator's replay or purge, and both are counted in the
+accounting (``replayed``, ``purged``). The records hold the request body, never a header,
+so never the API key. Key layout: :mod:`ingest.keys`; the atomic moves: :mod:`ingest.scripts`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import redis
+
+from . import keys
+from .errors import NotFoundError
+from .producer import rq_timestamp
+from .scripts import PURGE, REPLAY
+
+_SCAN_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    job_id: str
+    transaction_id: str
+    website: str
+    reason: str
+    status: int | None
+    error: str
+    attempts: int
+    first_attempt_at: str
+    last_attempt_at: str
+    dead_at: str
+    history: list[dict[str, Any]]
+    body: dict[str, Any]
+
+    @classmethod
+    def from_record(cls, raw: bytes | str) -> DeadLetter:
+        record = json.loads(raw)
+        _function, _instance, args, _kwargs = json.loads(record["data"])
+        return cls(
+            job_id=record["job_id"],
+            transaction_id=record.get("transaction_id", ""),
+            website=record.get("website", ""),
+            reason=record.get("reason", ""),
+            status=record.get("status"),
+            error=record.get("error", ""),
+            attempts=int(record.get("attempts", 0)),
+            first_attempt_at=record.get("first_attempt_at", ""),
+            last_attempt_at=record.get("last_attempt_at", ""),
+            dead_at=record.get("dead_at", ""),
+            history=record.get("history", []),
+            body=json.loads(args[0]),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.job_id,
+            "transaction_id": self.transaction_id,
+            "website": self.website,
+            "reason": self.reason,
+            "status": self.status,
+            "error": self.error,
+            "attempts": self.attempts,
+            "first_attempt_at": self.first_attempt_at,
+            "last_attempt_at": self.last_attempt_at,
+            "dead_at": self.dead_at,
+            "history": self.history,
+            "event": self.body,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    """Which dead letters an operation applies to; empty fields match everything."""
+
+    reasons: frozenset[str] = frozenset()
+    statuses: frozenset[int] = frozenset()
+    websites: frozenset[str] = frozenset()
+    ids: frozenset[str] = frozenset()
+    transaction_contains: str | None = None
+    since: float | None = None  # unix time of death, inclusive
+    until: float | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return not (
+            self.reasons
+            or self.statuses
+            or self.websites
+            or self.ids
+            or self.transaction_contains
+            or self.since is not None
+            or self.until is not None
+        )
+
+    def matches(self, letter: DeadLetter) -> bool:
+        if self.reasons and letter.reason not in self.reasons:
+            return False
+        if self.statuses and letter.status not in self.statuses:
+            return False
+        if self.websites and letter.website not in self.websites:
+            return False
+        if self.ids and letter.job_id not in self.ids and letter.transaction_id not in self.ids:
+            return False
+        return not (
+            self.transaction_contains
+            and self.transaction_contains.lower() not in letter.transaction_id.lower()
+        )
+
+
+@dataclass(slots=True)
+class ReplayResult:
+    selected: int = 0
+    requeued: int = 0
+    skipped: int = 0  # replayed or purged by someone else meanwhile
+    ids: list[str] = field(default_factory=list)
+
+
+class DeadLetterStore:
+    """Read and act on the dead letters of one queue."""
+
+    def __init__(
+        self,
+        connection: redis.Redis,
+        queue: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.connection = connection
+        self.queue = queue
+        self.keys = keys.QueueKeys(queue)
+        self._replay = connection.register_script(REPLAY)
+        self._purge = connection.register_script(PURGE)
+        self._clock = clock
+        self._sleep = sleep
+
+    def count(self) -> int:
+        return int(self.connection.hlen(self.keys.dead))
+
+    def get(self, dead_id: str) -> DeadLetter:
+        raw = self.connection.hget(self.keys.dead, dead_id)
+        if raw is None:
+            # Operators think in transaction ids: accept one when it is unambiguous.
+            matches = list(self.iter(DeadLetterFilter(ids=frozenset({dead_id}))))
+            if len(matches) == 1:
+                return matches[0]
+            raise NotFoundError(f"no dead letter with id {dead_id!r}", id=dead_id)
+        return DeadLetter.from_record(raw)
+
+    def iter(
+        self, selection: DeadLetterFilter = DeadLetterFilter(), *, newest_first: bool = False
+    ) -> Iterator[DeadLetter]:
+        """Matching dead letters in order of death, read in chunks (never all at once)."""
+        low = selection.since if selection.since is not None else "-inf"
+        high = selection.until if selection.until is not None else "+inf"
+        offset = 0
+        while True:
+            if newest_first:
+                ids = self.connection.zrevrangebyscore(
+                    self.keys.dead_index, high, low, start=offset, num=_SCAN_CHUNK
+                )
+            else:
+                ids = self.connection.zrangebyscore(
+                    self.keys.dead_index, low, high, start=offset, num=_SCAN_CHUNK
+                )
+            if not ids:
+                return
+            offset += len(ids)
+            for raw in self.connection.hmget(
+                self.keys.dead, [keys.text(i) for i in ids if isinstance(i, bytes | str)]
+            ):
+                if raw is None:  # replayed or purged since the index was read
+                    continue
+                letter = DeadLetter.from_record(raw)
+                if selection.matches(letter):
+                    yield letter
+
+    def page(
+        self,
+        selection: DeadLetterFilter,
+        *,
+        offset: int = 0,
+        limit: int = 50,
+        newest_first: bool = True,
+    ) -> list[DeadLetter]:
+        out: list[DeadLetter] = []
+        for index, letter in enumerate(self.iter(selection, newest_first=newest_first)):
+            if index < offset:
+                continue
+            out.append(letter)
+            if len(out) >= limit:
+                break
+        return out
+
+    def counts_by_reason(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for letter in self.iter():
+            label = (
+                f"{letter.reason} ({letter.status if letter.status is not None else 'no answer'})"
+            )
+            counts[label] = counts.get(label, 0) + 1
+        return counts
+
+    def replay(
+        self,
+        ids: Iterable[str],
+        *,
+        rate: float | None = None,
+        chunk: int = 100,
+        progress: Callable[[int], None] | None = None,
+    ) -> ReplayResult:
+        """Put these dead letters back on the queue as fresh events (attempts reset).
+
+        Idempotent: an id already replayed (or purged) is skipped, so two operators
+        replaying at once requeue each event once. ``rate`` caps events per second so a
+        large replay does not hit the API as one burst.
+        """
+        result = ReplayResult()
+        pending = list(dict.fromkeys(ids))
+        result.selected = len(pending)
+        started = self._clock()
+        for start in range(0, len(pending), chunk):
+            batch = pending[start : start + chunk]
+            done = self._replay(
+                keys=[
+                    self.keys.dead,
+                    self.keys.dead_index,
+                    self.keys.queue,
+                    self.keys.stats,
+                    keys.RQ_QUEUES,
+                ],
+                args=[
+                    keys.JOB_PREFIX,
+                    rq_timestamp(datetime.now().astimezone()),
+                    self.queue,
+                    *batch,
+                ],
+            )
+            requeued = [d.decode() if isinstance(d, bytes) else str(d) for d in done]
+            result.requeued += len(requeued)
+            result.ids.extend(requeued)
+            if progress is not None:
+                progress(len(batch))
+            if rate:
+                # Pace by the clock, not per batch, so the average holds over the whole run.
+                ahead = (start + len(batch)) / rate - (self._clock() - started)
+                if ahead > 0:
+                    self._sleep(ahead)
+        result.skipped = result.selected - result.requeued
+        return result
+
+    def purge(self, ids: Iterable[str]) -> int:
+        """Delete these dead letters for good; returns how many were removed."""
+        removed = 0
+        batch: list[str] = []
+        for dead_id in ids:
+            batch.append(dead_id)
+            if len(batch) >= _SCAN_CHUNK:
+                removed += self._purge_batch(batch)
+                batch = []
+        if batch:
+            removed += self._purge_batch(batch)
+        return removed
+
+    def _purge_batch(self, batch: list[str]) -> int:
+        return int(
+            self._purge(keys=[self.keys.dead, self.keys.dead_index, self.keys.stats], args=batch)
+        )
