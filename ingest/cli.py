@@ -9,12 +9,14 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from .connection import connect
 from .errors import ConfigurationError, IngestError
 from .settings import Settings, env_names
 
@@ -97,12 +99,11 @@ def demo(events: int, workers: int, latency_ms: float, timeout: float) -> None:
 @click.option("--watch", is_flag=True, help="Refresh every --interval seconds.")
 @click.option("--interval", type=float, default=2.0, show_default=True)
 def stats(as_json: bool, watch: bool, interval: float) -> None:
-    import redis
 
     from .stats import read_accounting
 
     settings = load_settings()
-    connection = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    connection = connect(settings.redis_url, socket_timeout=5)
     console = Console()
     try:
         while True:
@@ -125,16 +126,15 @@ def stats(as_json: bool, watch: bool, interval: float) -> None:
 def _parse_time(value: str | None) -> float | None:
     if value is None:
         return None
-    from .models import validate_payment
+    from .models import parse_timestamp
 
-    # The same ISO 8601 rules as event timestamps (timezone required), via the model.
+    # The same ISO 8601 rules as event timestamps (timezone required).
     try:
-        moment = validate_payment(amount=0, currency="USD", transaction_id="x", timestamp=value)
+        return parse_timestamp(value).timestamp()
     except IngestError as exc:
         raise click.BadParameter(
             f"{value!r}: an ISO 8601 time with a timezone, e.g. 2026-11-26T09:00:00Z"
         ) from exc
-    return moment.timestamp.timestamp()
 
 
 def dlq_filters(func: Any) -> Any:
@@ -185,14 +185,11 @@ def _selection(
 
 
 def _store() -> Any:
-    import redis
 
     from .deadletter import DeadLetterStore
 
     settings = load_settings()
-    return DeadLetterStore(
-        redis.Redis.from_url(settings.redis_url, socket_timeout=10), settings.queue
-    )
+    return DeadLetterStore(connect(settings.redis_url, socket_timeout=10), settings.queue)
 
 
 def _letters_table(letters: list[Any], title: str) -> Table:
@@ -365,6 +362,253 @@ def dlq_export(output: Any, **filters: Any) -> None:
         output.write(json.dumps(letter.as_dict()) + "\n")
         count += 1
     click.echo(f"exported {count:,} dead letters", err=True)
+
+
+@cli.group(help="The producer's disk spool (events kept while Redis was down).")
+def spool() -> None:
+    pass
+
+
+@spool.command("status", help="Events waiting on disk, and quarantined lines.")
+@click.option("--json", "as_json", is_flag=True)
+def spool_status(as_json: bool) -> None:
+    from .spool import QUARANTINE, Spool
+
+    settings = load_settings()
+    store = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes)
+    quarantine = settings.spool_dir / QUARANTINE
+    quarantined = sum(1 for _ in quarantine.open()) if quarantine.exists() else 0
+    data = {
+        "directory": str(settings.spool_dir),
+        "pending": store.pending(),
+        "bytes": store.size_bytes(),
+        "max_bytes": settings.spool_max_bytes,
+        "quarantined": quarantined,
+    }
+    if as_json:
+        click.echo(json.dumps(data))
+    else:
+        for key, value in data.items():
+            click.echo(f"{key:>12}: {value}")
+
+
+@spool.command("flush", help="Move spooled events into the queue now (idempotent).")
+@click.option("--json", "as_json", is_flag=True)
+def spool_flush(as_json: bool) -> None:
+    from .producer import Producer
+
+    settings = load_settings()
+    producer = Producer(settings.with_overrides(producer_timeout=10.0))
+    try:
+        result = producer.flush_spool()
+    finally:
+        producer.close()
+    data = {
+        "files": result.files,
+        "events": result.events,
+        "queued": result.queued,
+        "duplicates": result.duplicates,
+        "quarantined": result.quarantined,
+    }
+    if as_json:
+        click.echo(json.dumps(data))
+    else:
+        click.echo(
+            f"moved {result.events:,} events from {result.files} file(s): "
+            f"{result.queued:,} queued, {result.duplicates:,} already there, "
+            f"{result.quarantined:,} corrupt lines quarantined"
+        )
+    if result.quarantined:
+        raise SystemExit(EXIT_FAILURE)
+
+
+@cli.command(
+    help="Serve queue-wide Prometheus metrics read from Redis (depth, dead letters, "
+    "the accounting identity)."
+)
+@click.option("--port", type=int, default=None, help="Default: INGEST_METRICS_PORT, else 9464.")
+@click.option("--once", is_flag=True, help="Print one exposition to stdout and exit.")
+def metrics(port: int | None, once: bool) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+
+    from .metrics import QueueCollector
+
+    settings = load_settings()
+    registry = CollectorRegistry()
+    registry.register(QueueCollector(connect(settings.redis_url, socket_timeout=5), settings.queue))
+    if once:
+        click.echo(generate_latest(registry).decode(), nl=False)
+        return
+    bind = port if port is not None else (settings.metrics_port or 9464)
+    start_http_server(bind, addr=settings.metrics_host, registry=registry)
+    click.echo(f"serving queue metrics on http://{settings.metrics_host}:{bind}/metrics", err=True)
+    while True:
+        time.sleep(3600)
+
+
+@cli.command(
+    help="Delete payments at DataFast (DELETE /api/v1/payments) and erase matching "
+    "events still in our queue, retry schedule and dead-letter store."
+)
+@click.option("--transaction-id", default=None)
+@click.option("--visitor-id", default=None, help="datafast_visitor_id")
+@click.option("--start", default=None, help="startAt, ISO 8601 with a timezone.")
+@click.option("--end", default=None, help="endAt, ISO 8601 with a timezone.")
+@click.option("--website-id", default=None, help="With a dft_ token: the website (24 hex).")
+@click.option("--all-time", is_flag=True, help="Allow a visitor delete without a date range.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--dry-run", is_flag=True, help="Print the request; send and erase nothing.")
+@click.option("--json", "as_json", is_flag=True)
+def delete(
+    transaction_id: str | None,
+    visitor_id: str | None,
+    start: str | None,
+    end: str | None,
+    website_id: str | None,
+    all_time: bool,
+    yes: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    from .erasure import build_request, delete_payments
+
+    settings = load_settings()
+    try:
+        request = build_request(
+            transaction_id=transaction_id,
+            visitor_id=visitor_id,
+            start=start,
+            end=end,
+            all_time=all_time,
+            website_id=website_id,
+        )
+    except IngestError as exc:
+        raise click.UsageError(str(exc)) from exc
+    described = request.describe(settings)
+    if dry_run:
+        click.echo(f"dry run, nothing sent or erased: {described}")
+        return
+    spans_all_time = not (request.start or request.end) and not request.transaction_id
+    if not yes:
+        warning = " ACROSS ALL TIME" if spans_all_time else ""
+        click.confirm(
+            f"{described}\nDelete these payments{warning} at DataFast and erase "
+            "matching queued events?",
+            abort=True,
+        )
+    result = delete_payments(
+        transaction_id=transaction_id,
+        visitor_id=visitor_id,
+        start=start,
+        end=end,
+        all_time=all_time,
+        website_id=website_id,
+        settings=settings,
+    )
+    data = {
+        "request": result.request,
+        "api_status": result.api_status,
+        "api_message": result.api_message,
+        "erased": result.erased,
+        "erased_total": result.erased_total,
+        "in_flight": result.in_flight,
+    }
+    if as_json:
+        click.echo(json.dumps(data))
+        return
+    click.echo(f"{result.api_status} {result.api_message}")
+    click.echo(
+        f"erased {result.erased_total} of our own events "
+        f"({', '.join(f'{k}: {v}' for k, v in result.erased.items()) or 'none held'})"
+    )
+    if result.in_flight:
+        click.echo(
+            f"{result.in_flight} matching events were being sent at that moment; run "
+            "the delete again in a few seconds to remove them too",
+            err=True,
+        )
+
+
+@cli.command(
+    "import",
+    help="Enqueue payments from a CSV (header row of API field names) or "
+    "JSON Lines file. Exit 1 if any row was rejected.",
+)
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Summary as JSON.")
+def import_(path: Path, as_json: bool) -> None:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from .importer import count_rows, import_file
+    from .producer import Producer
+
+    settings = load_settings()
+    producer = Producer(
+        settings.with_overrides(producer_timeout=max(5.0, settings.producer_timeout))
+    )
+    console = Console(stderr=True)
+    try:
+        with Progress(
+            TextColumn("importing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=as_json,
+        ) as progress:
+            task = progress.add_task("import", total=count_rows(path))
+            result = import_file(path, producer, progress=lambda n: progress.advance(task, n))
+    finally:
+        producer.close()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "rows": result.rows,
+                    "queued": result.queued,
+                    "duplicates": result.duplicates,
+                    "spooled": result.spooled,
+                    "rejected": result.rejected,
+                    "errors": [
+                        {"line": e.line, "field": e.field, "reason": e.reason}
+                        for e in result.errors
+                    ],
+                }
+            )
+        )
+    else:
+        out = Console()
+        if result.errors:
+            errors = Table(title=f"rejected rows ({result.rejected})")
+            for column in ("line", "field", "reason"):
+                errors.add_column(column, overflow="fold")
+            for error in result.errors[:200]:
+                errors.add_row(str(error.line), error.field, error.reason)
+            out.print(errors)
+            if len(result.errors) > 200:
+                out.print(f"... and {len(result.errors) - 200} more (use --json for all)")
+        summary = Table(title=f"import of {path.name}")
+        summary.add_column("rows")
+        summary.add_column("count", justify="right")
+        for label, value in (
+            ("read", result.rows),
+            ("enqueued", result.queued),
+            ("already queued or delivered (duplicates)", result.duplicates),
+            ("spooled (Redis unreachable)", result.spooled),
+            ("rejected", result.rejected),
+        ):
+            summary.add_row(label, f"{value:,}")
+        out.print(summary)
+    if result.errors:
+        raise SystemExit(EXIT_FAILURE)
 
 
 def accounting_table(data: dict[str, Any], *, title: str) -> Table:

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .connection import connect
 from .embedded import RedisServer
 from .errors import ValidationError
 from .models import Payment, validate_payment
@@ -99,7 +100,7 @@ def run_demo(*, events: int, workers: int, latency_ms: float, timeout: float) ->
         )
         console.print(f"  redis   {redis_server.url}  (embedded, removed at the end)")
         console.print(f"  sandbox {sandbox.url}  (local stand-in for the Payments API)")
-        connection = redis.Redis.from_url(settings.redis_url)
+        connection = connect(settings.redis_url)
         producer = Producer(settings, connection=connection)
         started = time.monotonic()
         rejected = _enqueue_all(console, producer, events)

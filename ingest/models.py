@@ -205,6 +205,17 @@ class _Invalid(Exception):
     pass
 
 
+def parse_timestamp(value: Any, *, field: str = "timestamp") -> datetime:
+    """An aware UTC datetime from an ISO 8601 string or a datetime, by the events' rules."""
+    try:
+        moment = _parse_timestamp(value)
+    except _Invalid as exc:
+        raise ValidationError({field: str(exc)}) from None
+    if moment is None:
+        raise ValidationError({field: "is required"})
+    return moment
+
+
 def _parse_amount(value: Any) -> Decimal:
     if isinstance(value, bool):
         raise _Invalid("must be a number, not a boolean")

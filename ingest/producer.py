@@ -23,6 +23,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import keys, metrics
+from .connection import connect, connect_async
 from .errors import QueueUnavailableError, SpoolFullError, ValidationError
 from .logs import get_logger
 from .models import Payment, payment_from_mapping, validate_payment
@@ -86,7 +87,7 @@ def producer_connection(settings: Settings) -> redis.Redis:
     No client-side retry: the spool is the fallback, and a retry after a timeout would only
     add latency (deterministic ids make a repeated enqueue harmless, not free).
     """
-    return redis.Redis.from_url(
+    return connect(
         settings.redis_url,
         socket_timeout=settings.producer_timeout,
         socket_connect_timeout=settings.producer_timeout,
@@ -248,7 +249,7 @@ class _ProducerBase:
         """Move every spooled event into Redis now (what ``ingest spool flush`` runs)."""
         if self.spool is None:
             return FlushResult()
-        connection = redis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
+        connection = connect(self.settings.redis_url, socket_timeout=10)
         try:
             flusher = Producer(self.settings, connection=connection, spool=False)
             result = self.spool.flush(flusher.enqueue_many)
@@ -334,7 +335,7 @@ class AsyncProducer(_ProducerBase):
         spool: Spool | bool = True,
     ) -> None:
         super().__init__(settings, spool=spool)
-        self.connection = connection or redis.asyncio.Redis.from_url(
+        self.connection = connection or connect_async(
             self.settings.redis_url,
             socket_timeout=self.settings.producer_timeout,
             socket_connect_timeout=self.settings.producer_timeout,

@@ -242,3 +242,30 @@ end
 if n > 0 then redis.call('HINCRBY', KEYS[3], 'purged', n) end
 return n
 """
+
+# Erase one event wherever it waits (an erasure request: it must never be sent again).
+# KEYS: 1 rq:queue:{q}  2 rq:scheduled:{q}  3 rq:deferred:{q}  4 ingest:{q}:dead
+#       5 ingest:{q}:dead:index  6 ingest:{q}:stats
+# ARGV: 1 job key prefix  2 parked key prefix  3 id
+# Returns where it was ("queued", "scheduled", "deferred", "parked", "dead"), "in_flight" if
+# a worker is sending it right now (not recalled), or false if it was not there.
+ERASE = """
+local id = ARGV[3]
+if redis.call('HDEL', KEYS[4], id) == 1 then
+  redis.call('ZREM', KEYS[5], id)
+  redis.call('HINCRBY', KEYS[6], 'erased', 1)
+  return 'dead'
+end
+local key = ARGV[1] .. id
+local f = redis.call('HMGET', key, 'status', 'website')
+local status = f[1]
+if not status then return false end
+if status == 'started' then return 'in_flight' end
+redis.call('LREM', KEYS[1], 0, id)
+redis.call('ZREM', KEYS[2], id)
+redis.call('ZREM', KEYS[3], id)
+redis.call('LREM', ARGV[2] .. (f[2] or ''), 0, id)
+redis.call('DEL', key)
+redis.call('HINCRBY', KEYS[6], 'erased', 1)
+return status
+"""

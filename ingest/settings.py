@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="Serve Prometheus metrics on this port."
     )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address the metrics endpoint binds (0.0.0.0 in a container).",
+    )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
     @field_validator("website_id")

@@ -36,7 +36,8 @@ from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
-from . import keys
+from . import keys, metrics
+from .connection import connect, connect_async
 from .delivery import Outcome, PaymentsClient, Verdict, build_async_client
 from .keys import text
 from .logs import get_logger, scrub
@@ -188,7 +189,7 @@ class IngestWorker(SimpleWorker):
         clock: Callable[[], float] = time.time,
     ) -> None:
         settings.require_delivery_credentials()
-        connection = connection or redis.Redis.from_url(settings.redis_url)
+        connection = connection or connect(settings.redis_url)
         queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)
         super().__init__(
             [queue],
@@ -223,6 +224,10 @@ class IngestWorker(SimpleWorker):
         self.bootstrap(logging_level or "WARNING")
         self._install_signal_handlers()
         self.set_state(WorkerStatus.BUSY)
+        if self.settings.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(self.settings.metrics_port, addr=self.settings.metrics_host)
         self._log.info("worker started", concurrency=self.settings.concurrency, burst=burst)
         try:
             asyncio.run(self._run(burst))
@@ -245,7 +250,7 @@ class IngestWorker(SimpleWorker):
     # -- the loop ------------------------------------------------------------------------------
 
     async def _run(self, burst: bool) -> None:
-        aconn = redis.asyncio.Redis.from_url(self.settings.redis_url)
+        aconn = connect_async(self.settings.redis_url)
         claim = aconn.register_script(CLAIM)
         ack = aconn.register_script(ACK)
         reclaim = aconn.register_script(RECLAIM)
@@ -270,6 +275,7 @@ class IngestWorker(SimpleWorker):
         last_probe: dict[str, float] = {}
 
         async def deliver(claimed: Claimed) -> None:
+            started = time.perf_counter()
             try:
                 outcome = await asyncio.wait_for(
                     client.send(claimed.body, claimed.website_id),
@@ -280,8 +286,10 @@ class IngestWorker(SimpleWorker):
             except Exception as exc:  # never lose an event to a bug in a send path
                 outcome = Outcome(Verdict.TRANSIENT, None, f"{type(exc).__name__}: {exc}")
             limiter.release(throttled=outcome.throttled, retry_after=outcome.retry_after)
-            key = str(outcome.status)
+            key = "none" if outcome.status is None else str(outcome.status)
             self.counts.statuses[key] = self.counts.statuses.get(key, 0) + 1
+            metrics.DELIVERY_SECONDS.observe(time.perf_counter() - started)
+            metrics.API_RESPONSES.labels(key).inc()
             finished.append(
                 decide(claimed, outcome, now=self._clock(), policy=self.policy, random=self._random)
             )
@@ -333,6 +341,7 @@ class IngestWorker(SimpleWorker):
             returned = await reclaim(keys=[k.started, k.queue], args=[now, 1000, keys.JOB_PREFIX])
             if returned:
                 self.counts.reclaimed += int(returned)
+                metrics.RECLAIMED.inc(int(returned))
                 self._log.warning(
                     "events of a dead worker put back on the queue", count=int(returned)
                 )
@@ -372,6 +381,8 @@ class IngestWorker(SimpleWorker):
                             in_flight[claimed.job_id] = asyncio.create_task(deliver(claimed))
                             claimed_now += 1
                         self.counts.claimed += claimed_now
+                    metrics.IN_FLIGHT.set(len(in_flight))
+                    metrics.SEND_LIMIT.set(int(limiter.limit))
                     await flush()
                     redis_backoff = 0.0
                     if not in_flight and claimed_now == 0:
@@ -486,12 +497,16 @@ class IngestWorker(SimpleWorker):
         if kind == "ok":
             c.delivered += 1
             c.api_duplicates += entry[3]
+            metrics.DELIVERIES.labels("duplicate" if entry[3] else "delivered").inc()
         elif kind == "retry":
             c.retried += 1
+            metrics.DELIVERIES.labels("retried").inc()
         elif kind == "dead":
             c.dead_lettered += 1
+            metrics.DELIVERIES.labels("dead_lettered").inc()
         elif kind == "park":
             c.parked += 1
+            metrics.DELIVERIES.labels("parked").inc()
             self._log.error(
                 "delivery paused: the Payments API refuses our credentials",
                 website=entry[2],
@@ -499,6 +514,7 @@ class IngestWorker(SimpleWorker):
             )
         elif kind == "return":
             c.returned += 1
+            metrics.DELIVERIES.labels("returned").inc()
 
 
 def _summary(counts: WorkerCounts) -> dict[str, Any]:

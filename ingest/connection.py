@@ -1,0 +1,116 @@
+"""Every Redis connection the package opens is made here, from ``INGEST_REDIS_URL``.
+
+Besides ``redis://``, ``rediss://`` and ``unix://``, a Sentinel URL names the sentinels and
+the monitored primary, so a failover moves every process to the new primary by itself::
+
+    redis+sentinel://[:password@]host1:26379,host2:26379/<service>/<db>
+
+(``rediss+sentinel://`` for TLS). The password is the data nodes' (``requirepass``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
+
+from .errors import ConfigurationError
+
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelTarget:
+    hosts: list[tuple[str, int]]
+    service: str
+    db: int
+    password: str | None
+    username: str | None
+    ssl: bool
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    parts = urlsplit(url)
+    if parts.scheme not in SENTINEL_SCHEMES:
+        raise ConfigurationError(
+            f"not a sentinel URL: {parts.scheme}://", setting="INGEST_REDIS_URL"
+        )
+    netloc = parts.netloc
+    username = password = None
+    if "@" in netloc:
+        credentials, netloc = netloc.rsplit("@", 1)
+        user, _, secret = credentials.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) or None
+    hosts: list[tuple[str, int]] = []
+    for item in netloc.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host:
+            host, port = port, "26379"
+        try:
+            hosts.append((host, int(port)))
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"bad sentinel address {item!r}", setting="INGEST_REDIS_URL"
+            ) from exc
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ConfigurationError(
+            "a sentinel URL needs the service name: redis+sentinel://host:26379/mymaster/0",
+            setting="INGEST_REDIS_URL",
+        )
+    db = int(path[1]) if len(path) > 1 else 0
+    return SentinelTarget(hosts, path[0], db, password, username, parts.scheme.startswith("rediss"))
+
+
+def is_sentinel(url: str) -> bool:
+    return url.split("://", 1)[0] in SENTINEL_SCHEMES
+
+
+def connect(url: str, **options: Any) -> redis.Redis:
+    """A synchronous client for ``url`` (plain or Sentinel); ``options`` go to redis-py."""
+    if not is_sentinel(url):
+        return redis.Redis.from_url(url, **options)
+    target = parse_sentinel_url(url)
+    sentinel_options = {
+        k: v for k, v in options.items() if k in ("socket_timeout", "socket_connect_timeout")
+    }
+    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        target.hosts, sentinel_kwargs=sentinel_options, **sentinel_options
+    )
+    master = sentinel.master_for(  # type: ignore[no-untyped-call]
+        target.service,
+        db=target.db,
+        password=target.password,
+        username=target.username,
+        ssl=target.ssl,
+        **options,
+    )
+    return cast(redis.Redis, master)
+
+
+def connect_async(url: str, **options: Any) -> redis.asyncio.Redis:
+    """The asyncio twin of :func:`connect`."""
+    if not is_sentinel(url):
+        return redis.asyncio.Redis.from_url(url, **options)
+    target = parse_sentinel_url(url)
+    sentinel_options = {
+        k: v for k, v in options.items() if k in ("socket_timeout", "socket_connect_timeout")
+    }
+    sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        target.hosts, sentinel_kwargs=sentinel_options, **sentinel_options
+    )
+    master = sentinel.master_for(
+        target.service,
+        db=target.db,
+        password=target.password,
+        username=target.username,
+        ssl=target.ssl,
+        **options,
+    )
+    return cast(redis.asyncio.Redis, master)
