@@ -29,7 +29,8 @@ key                                type    meaning
                                            replayed, purged, erased
 ``ingest:{q}:paused``              hash    website -> JSON reason for an auth pause
 ``ingest:{q}:parked:{website}``    list    events of a paused website, set aside in order
-``ingest:{q}:rate``                zset    per-second delivery counts for "rate over 1 min"
+``ingest:{q}:probe``               set     websites an operator asked to probe now
+``ingest:{q}:rate``                hash    unix second -> deliveries, for "rate over 1 min"
 =================================  ======  ====================================================
 
 The accounting identity every process can check from these keys alone::
@@ -117,6 +118,10 @@ class QueueKeys:
     @property
     def parked_prefix(self) -> str:
         return f"ingest:{self.name}:parked:"
+
+    @property
+    def probe_requests(self) -> str:
+        return f"ingest:{self.name}:probe"
 
     @property
     def rate(self) -> str:

@@ -22,7 +22,8 @@ MAX_TEXT = 255
 MAX_EMAIL = 320
 _CURRENCY = re.compile(r"^[A-Za-z]{3}$")
 _WEBSITE_ID = re.compile(r"^[0-9a-fA-F]{24}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Control characters, and lone surrogates (valid in a Python str, not encodable as UTF-8).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # Amounts above this are far more likely a unit bug (cents sent as units) than a payment.
 MAX_AMOUNT = Decimal(10) ** 12
 
@@ -313,9 +314,10 @@ def _parse_email(value: Any) -> str | None:
 def _merge_alias(
     errors: dict[str, str], field: str, alias: str, value: Any, alias_value: Any
 ) -> Any:
-    if value is None:
+    # An empty cell (CSV exports often carry both columns) counts as not given.
+    if value is None or (isinstance(value, str) and not value.strip()):
         return alias_value
-    if alias_value is None:
+    if alias_value is None or (isinstance(alias_value, str) and not alias_value.strip()):
         return value
     if (
         isinstance(value, str)

@@ -20,6 +20,14 @@ import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    BusyLoadingError,
+    MasterDownError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    TryAgainError,
+)
 from redis.retry import Retry
 
 from . import keys, metrics
@@ -135,7 +143,24 @@ class CircuitBreaker:
             self._open_until = self._clock() + self.cooldown
 
 
-_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError)
+# Errors that mean "Redis cannot take this now" (down, failing over, loading, full): the event
+# goes to the spool. Any other error (a bug in a script, a wrong type) is raised, never hidden.
+_UNAVAILABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    ReadOnlyError,
+    BusyLoadingError,
+    OutOfMemoryError,
+    MasterDownError,
+    TryAgainError,
+    OSError,
+)
+
+
+def _raise_errors(results: list[Any]) -> None:
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
 
 
 class _ProducerBase:
@@ -299,20 +324,28 @@ class Producer(_ProducerBase):
         if not self.breaker.allow():
             return self._spool_only(batch)
         try:
-            # Load the script first, so the pipeline's EVALSHAs cannot meet NOSCRIPT.
-            if not self.connection.script_exists(self._enqueue_script.sha)[0]:
+            results = self._pipelined(batch)
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:
+                # Only on a fresh (or flushed) Redis: load the script, resend those events.
                 self.connection.script_load(ENQUEUE)
-            with self.connection.pipeline(transaction=False) as pipe:
-                for payment in batch:
-                    keys_, args = self._script_call(payment)
-                    self._enqueue_script(keys=keys_, args=args, client=pipe)
-                results = pipe.execute()
+                for i, r in zip(missing, self._pipelined([batch[i] for i in missing]), strict=True):
+                    results[i] = r
+            _raise_errors(results)
         except _UNAVAILABLE as exc:
             # Some may have reached Redis: spooling them too is safe, a flush reports them
             # as duplicates.
             return self._spooled(batch, exc)
         self._after_success()
         return [self._receipt(p, r) for p, r in zip(batch, results, strict=True)]
+
+    def _pipelined(self, batch: list[Payment]) -> list[Any]:
+        # Plain EVALSHA calls: redis-py's Script in a pipeline adds a SCRIPT EXISTS round trip.
+        with self.connection.pipeline(transaction=False) as pipe:
+            for payment in batch:
+                keys_, args = self._script_call(payment)
+                pipe.evalsha(self._enqueue_script.sha, len(keys_), *keys_, *args)
+            return list(pipe.execute(raise_on_error=False))
 
     def close(self) -> None:
         self.connection.close()
@@ -365,17 +398,25 @@ class AsyncProducer(_ProducerBase):
         if not self.breaker.allow():
             return self._spool_only(batch)
         try:
-            if not (await self.connection.script_exists(self._enqueue_script.sha))[0]:
+            results = await self._pipelined(batch)
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:
                 await self.connection.script_load(ENQUEUE)
-            async with self.connection.pipeline(transaction=False) as pipe:
-                for payment in batch:
-                    keys_, args = self._script_call(payment)
-                    await self._enqueue_script(keys=keys_, args=args, client=pipe)
-                results = await pipe.execute()
+                again = await self._pipelined([batch[i] for i in missing])
+                for i, r in zip(missing, again, strict=True):
+                    results[i] = r
+            _raise_errors(results)
         except (*_UNAVAILABLE, TimeoutError) as exc:
             return self._spooled(batch, exc)
         self._after_success()
         return [self._receipt(p, r) for p, r in zip(batch, results, strict=True)]
+
+    async def _pipelined(self, batch: list[Payment]) -> list[Any]:
+        async with self.connection.pipeline(transaction=False) as pipe:
+            for payment in batch:
+                keys_, args = self._script_call(payment)
+                pipe.evalsha(self._enqueue_script.sha, len(keys_), *keys_, *args)
+            return list(await pipe.execute(raise_on_error=False))
 
     async def aclose(self) -> None:
         await self.connection.aclose()

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 RandomSource = Callable[[], float]
+MAX_RETRY_AFTER = 3600.0
 
 
 def parse_retry_after(value: str | None, *, now: float) -> float | None:
@@ -61,7 +62,10 @@ class RetryPolicy:
         jittered = random() * ceiling
         if retry_after is None:
             return float(jittered)
-        return float(retry_after * (1.0 + 0.1 * random()))
+        # Honour the server, within reason: a bogus "come back in a year" must not park a
+        # payment that long.
+        floor = min(retry_after, MAX_RETRY_AFTER)
+        return float(floor * (1.0 + 0.1 * random()))
 
 
 def utc_iso(timestamp: float) -> str:

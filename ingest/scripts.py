@@ -34,7 +34,6 @@ redis.call('HSET', KEYS[1], 'data', ARGV[2], 'created_at', ARGV[3], 'enqueued_at
 redis.call('HINCRBY', KEYS[4], 'enqueued', 1)
 if status == 'deferred' then
   redis.call('SADD', KEYS[8], ARGV[1])
-  redis.call('HSET', KEYS[7], 'has_dependents', '1')
   redis.call('ZADD', KEYS[9], ARGV[8], ARGV[1])
   return 2
 end
@@ -47,7 +46,7 @@ return 1
 # KEYS: 1 rq:queue:{q}  2 rq:wip:{q}  3 rq:scheduled:{q}  4 ingest:{q}:paused
 # ARGV: 1 now (unix)  2 lease expiry (unix)  3 worker name  4 N  5 job key prefix
 #       6 parked key prefix  7 promotion limit
-# Returns a flat array: id, data, website, attempts, has_dependents, history ... per event.
+# Returns a flat array: id, data, website, attempts, history ... per event.
 # Each claimed event is in RQ's started registry as "{id}:{worker}" scored by its lease
 # expiry; if the worker dies the lease runs out and RECLAIM puts the event back.
 # Events of a website paused for an auth failure are moved aside to its parked list.
@@ -67,7 +66,7 @@ local out = {}
 local lease = {}
 for _, id in ipairs(ids) do
   local key = ARGV[5] .. id
-  local f = redis.call('HMGET', key, 'data', 'website', 'attempts', 'has_dependents', 'history')
+  local f = redis.call('HMGET', key, 'data', 'website', 'attempts', 'history')
   if f[1] then
     local website = f[2] or ''
     if any_paused and redis.call('HEXISTS', KEYS[4], website) == 1 then
@@ -82,7 +81,6 @@ for _, id in ipairs(ids) do
       out[#out + 1] = website
       out[#out + 1] = f[3] or '0'
       out[#out + 1] = f[4] or ''
-      out[#out + 1] = f[5] or ''
     end
   end
 end
@@ -98,11 +96,13 @@ return out
 #       9 ingest:{q}:paused
 # ARGV: 1 now (unix)  2 worker name  3 dedup window (s)  4 done key prefix  5 job key prefix
 #       6 parked key prefix  7 JSON array of outcomes, each one of
-#         ["ok", id, has_dependents, api_duplicate]      delivered
+#         ["ok", id, api_duplicate]                      delivered
 #         ["retry", id, due, attempts, history]          transient: scheduled for a retry
-#         ["dead", id, has_dependents, record]           permanent or exhausted
+#         ["dead", id, record]                           permanent or exhausted
 #         ["return", id]                                 not sent (shutdown): back to the front
 #         ["park", id, website, reason]                  auth failure: pause the website
+# Delivering or dead-lettering a payment releases a refund deferred on it (RQ's dependents
+# set), even one enqueued while the payment was in flight.
 # An outcome only counts if the worker still holds the event's lease (ZREM removed it); if
 # the lease ran out and another worker took the event over, that worker reports it instead.
 ACK = """
@@ -113,6 +113,7 @@ local window = tonumber(ARGV[3])
 local stale = 0
 local function release(id)
   local dkey = ARGV[5] .. id .. ':dependents'
+  if redis.call('EXISTS', dkey) == 0 then return end
   local deps = redis.call('SMEMBERS', dkey)
   for _, dep in ipairs(deps) do
     if redis.call('ZREM', KEYS[7], dep) == 1 then
@@ -129,18 +130,18 @@ for _, o in ipairs(outcomes) do
   elseif kind == 'ok' then
     redis.call('DEL', ARGV[5] .. id)
     if window > 0 then redis.call('SET', ARGV[4] .. id, '1', 'EX', window) end
-    if o[3] == 1 then release(id) end
+    release(id)
     counts.delivered = counts.delivered + 1
-    if o[4] == 1 then counts.api_duplicates = counts.api_duplicates + 1 end
+    if o[3] == 1 then counts.api_duplicates = counts.api_duplicates + 1 end
   elseif kind == 'retry' then
     redis.call('HSET', ARGV[5] .. id, 'status', 'scheduled', 'attempts', o[4], 'history', o[5])
     redis.call('ZADD', KEYS[3], o[3], id)
     counts.retried = counts.retried + 1
   elseif kind == 'dead' then
-    redis.call('HSET', KEYS[5], id, o[4])
+    redis.call('HSET', KEYS[5], id, o[3])
     redis.call('ZADD', KEYS[6], ARGV[1], id)
     redis.call('DEL', ARGV[5] .. id)
-    if o[3] == 1 then release(id) end
+    release(id)
     counts.dead_lettered = counts.dead_lettered + 1
   elseif kind == 'return' then
     redis.call('HSET', ARGV[5] .. id, 'status', 'queued')

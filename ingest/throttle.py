@@ -14,6 +14,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+DECREASE_INTERVAL = 1.0
+MAX_HOLD = 30.0
+
 
 class AdaptiveLimiter:
     def __init__(
@@ -29,6 +32,7 @@ class AdaptiveLimiter:
         self.in_flight = 0
         self.throttled_total = 0
         self._resume_at = 0.0
+        self._last_decrease = float("-inf")
         self._clock = clock
 
     def held_for(self) -> float:
@@ -47,9 +51,16 @@ class AdaptiveLimiter:
         self.in_flight -= 1
         if throttled:
             self.throttled_total += 1
-            self.limit = max(float(self.minimum), self.limit / 2)
+            now = self._clock()
+            # Many requests in flight answer 429 together: that is one signal, not many, so
+            # halve at most once per second (else 128 requests would cut the limit to 1).
+            if now - self._last_decrease >= DECREASE_INTERVAL:
+                self.limit = max(float(self.minimum), self.limit / 2)
+                self._last_decrease = now
             if retry_after is not None:
-                self._resume_at = max(self._resume_at, self._clock() + retry_after)
+                # One answer may pause the whole worker, but not for longer than MAX_HOLD:
+                # the event itself waits the full Retry-After in the retry schedule.
+                self._resume_at = max(self._resume_at, now + min(retry_after, MAX_HOLD))
         elif self.limit < self.maximum:
             # About +1 per window of successes: one lucky streak does not undo a 429 at once.
             self.limit = min(float(self.maximum), self.limit + 1.0 / max(1.0, self.limit))

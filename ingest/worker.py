@@ -47,7 +47,7 @@ from .settings import Settings
 from .throttle import AdaptiveLimiter
 
 DEFAULT_SITE = "-"  # the website field of events sent with the key's own website (df_ keys)
-_CLAIM_FIELDS = 6
+_CLAIM_FIELDS = 5
 _IDLE_POLL = 0.1  # seconds between claims while the queue is empty
 _TICK = 0.005  # batch window: finished requests are acknowledged together
 
@@ -60,20 +60,18 @@ class Claimed:
     data: str
     website: str
     attempts: int
-    has_dependents: bool
     history: list[dict[str, Any]]
     body: str = ""
     website_id: str | None = None
 
     @classmethod
     def from_claim(cls, row: list[bytes]) -> Claimed:
-        history_raw = row[5].decode() if row[5] else ""
+        history_raw = row[4].decode() if row[4] else ""
         claimed = cls(
             job_id=row[0].decode(),
             data=row[1].decode(),
             website=row[2].decode() or DEFAULT_SITE,
             attempts=int(row[3] or 0),
-            has_dependents=row[4] == b"1",
             history=json.loads(history_raw) if history_raw else [],
         )
         _function, _instance, args, _kwargs = json.loads(claimed.data)
@@ -115,12 +113,7 @@ def decide(
 ) -> list[Any]:
     """The acknowledgement for one finished request (an entry of the ``ACK`` script)."""
     if outcome.verdict.delivered:
-        return [
-            "ok",
-            claimed.job_id,
-            1 if claimed.has_dependents else 0,
-            1 if outcome.verdict is Verdict.DUPLICATE else 0,
-        ]
+        return ["ok", claimed.job_id, 1 if outcome.verdict is Verdict.DUPLICATE else 0]
     if outcome.verdict is Verdict.AUTH:
         reason = json.dumps(
             {"status": outcome.status, "error": scrub(outcome.message), "since": utc_iso(now)}
@@ -138,7 +131,7 @@ def decide(
     record = dead_record(
         claimed, outcome, reason=reason, attempts=attempts, history=history, now=now
     )
-    return ["dead", claimed.job_id, 1 if claimed.has_dependents else 0, json.dumps(record)]
+    return ["dead", claimed.job_id, json.dumps(record)]
 
 
 def dead_record(
@@ -443,8 +436,9 @@ class IngestWorker(SimpleWorker):
             pipe.llen(k.queue)
             pipe.zcard(k.scheduled)
             pipe.zcard(k.started)
-            queued, scheduled, started = await pipe.execute()
-        return int(queued) == 0 and int(scheduled) == 0 and int(started) == 0
+            pipe.zcard(k.deferred)
+            counts = await pipe.execute()
+        return all(int(n) == 0 for n in counts)
 
     async def _probe_paused(
         self,
@@ -454,13 +448,28 @@ class IngestWorker(SimpleWorker):
         last_probe: dict[str, float],
         now: float,
     ) -> None:
-        """Try one parked event per paused website now and then; success lifts the pause."""
+        """Try one parked event per paused website now and then; success lifts the pause.
+
+        An operator can ask for a probe now (``ingest:{q}:probe``, the console's button);
+        whichever worker sees the request first runs it.
+        """
         paused = await aconn.hgetall(self.keys.paused)
+        if not paused:
+            return
         for raw_site, raw_reason in paused.items():
             site = text(raw_site)
-            if now - last_probe.get(site, 0.0) < self.settings.auth_probe_interval:
+            requested = bool(await aconn.srem(self.keys.probe_requests, site))
+            if (
+                not requested
+                and now - last_probe.get(site, 0.0) < self.settings.auth_probe_interval
+            ):
                 continue
             last_probe[site] = now
+            await aconn.hset(
+                self.keys.paused,
+                site,
+                json.dumps({**json.loads(raw_reason), "last_probe_at": utc_iso(now)}),
+            )
             parked_key = self.keys.parked(site)
             head = await aconn.lindex(parked_key, 0)
             if head is None:
@@ -496,8 +505,8 @@ class IngestWorker(SimpleWorker):
         c = self.counts
         if kind == "ok":
             c.delivered += 1
-            c.api_duplicates += entry[3]
-            metrics.DELIVERIES.labels("duplicate" if entry[3] else "delivered").inc()
+            c.api_duplicates += entry[2]
+            metrics.DELIVERIES.labels("duplicate" if entry[2] else "delivered").inc()
         elif kind == "retry":
             c.retried += 1
             metrics.DELIVERIES.labels("retried").inc()

@@ -7,9 +7,15 @@ By default the session starts its own ``redis-server`` on a free loopback port (
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Iterator
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import fakeredis
 import pytest
@@ -17,6 +23,9 @@ import redis
 
 from ingest.embedded import RedisServer, find_redis_server
 from ingest.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ingest.sandbox import SandboxServer
 
 REDIS_URL_ENV = "REDIS_URL"
 # The tests FLUSHALL the REDIS_URL server, so one that already holds data is refused
@@ -129,3 +138,140 @@ def fake_redis() -> Iterator[fakeredis.FakeRedis]:
         yield client
     finally:
         client.close()
+
+
+# -- the sandbox API and worker processes (integration lane) ------------------------------------
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxServer]:
+    """A started in-process ``SandboxServer`` (demo keys, no faults), stopped after."""
+    # Imported here: a sandbox being reworked must not stop the Redis-only tests collecting.
+    from ingest.sandbox import SandboxServer
+
+    with SandboxServer() as server:
+        yield server
+
+
+def worker_environment(
+    redis_url: str,
+    api_url: str,
+    *,
+    api_key: str | None,
+    **settings: str,
+) -> dict[str, str]:
+    """The environment of an ``ingest`` process: this one's, minus any ``INGEST_*`` or
+    ``REDIS_URL`` it had (never the machine's own Redis), plus the given settings.
+
+    ``api_key`` ``None`` leaves ``INGEST_API_KEY`` unset. ``settings`` are ``INGEST_*``
+    names without the prefix, e.g. ``concurrency="16"``.
+    """
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("INGEST_") and name != REDIS_URL_ENV
+    }
+    env["INGEST_REDIS_URL"] = redis_url
+    env["INGEST_API_URL"] = api_url
+    if api_key is not None:
+        env["INGEST_API_KEY"] = api_key
+    env.setdefault("INGEST_LOG_LEVEL", "WARNING")
+    env.update({f"INGEST_{name.upper()}": value for name, value in settings.items()})
+    return env
+
+
+@dataclass
+class WorkerProcess:
+    """One ``python -m ingest worker`` child; its stdout and stderr go to ``log``."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                f"worker {self.name} still running after {timeout} s; output:\n{self.output()}"
+            )
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM (finish or return what is in flight), then SIGKILL if it hangs."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def spawn_worker(
+    redis_url: str,
+    api_url: str,
+    log_dir: Path,
+    *,
+    burst: bool = True,
+    name: str | None = None,
+    concurrency: int | None = None,
+    api_key: str | None = None,
+    **settings: str,
+) -> WorkerProcess:
+    """Start ``python -m ingest worker [--burst]`` with ``INGEST_*`` pointing at ``redis_url``
+    and ``api_url``; ``api_key`` defaults to the sandbox's demo website key. Stop it with
+    :meth:`WorkerProcess.stop`; the ``start_worker`` fixture does that for you.
+    """
+    from ingest.sandbox import DEFAULT_WEBSITE_KEY
+
+    worker_name = name or f"test-worker-{os.getpid()}-{next(_worker_numbers)}"
+    command = [sys.executable, "-m", "ingest", "worker", "--name", worker_name]
+    if burst:
+        command.append("--burst")
+    if concurrency is not None:
+        command += ["--concurrency", str(concurrency)]
+    env = worker_environment(
+        redis_url,
+        api_url,
+        api_key=api_key or DEFAULT_WEBSITE_KEY,
+        spool_dir=str(log_dir / "spool"),
+        **settings,
+    )
+    log = log_dir / f"{worker_name}.log"
+    with log.open("wb") as out:
+        # The project root as working directory: `-m ingest` imports this checkout.
+        process = subprocess.Popen(
+            command, env=env, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
+    return WorkerProcess(worker_name, process, log)
+
+
+_worker_numbers = itertools.count()
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def start_worker(redis_url: str, sandbox: SandboxServer, tmp_path: Path) -> Iterator[StartWorker]:
+    """Start real worker processes against the test Redis and the ``sandbox``
+    (``start_worker(burst=True, name=None, concurrency=None, **settings)``, as
+    :func:`spawn_worker`); any still running at the end of the test are stopped.
+    """
+    started: list[WorkerProcess] = []
+
+    def start(**options: Any) -> WorkerProcess:
+        worker = spawn_worker(redis_url, sandbox.url, tmp_path, **options)
+        started.append(worker)
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.stop()
