@@ -42,7 +42,12 @@ def load_settings(**overrides: Any) -> Settings:
 )
 @click.version_option(package_name="datafast-ingest")
 def cli() -> None:
-    pass
+    import os
+
+    from .logs import configure_logging
+
+    # Once, for every command: log lines go to stderr (stdout is each command's report).
+    configure_logging(os.environ.get("INGEST_LOG_LEVEL", "INFO"))
 
 
 @cli.command(help="Drain the queue and deliver payments (python worker.py is the same).")

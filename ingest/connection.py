@@ -72,9 +72,19 @@ def is_sentinel(url: str) -> bool:
     return url.split("://", 1)[0] in SENTINEL_SCHEMES
 
 
-def connect(url: str, **options: Any) -> redis.Redis:
-    """A synchronous client for ``url`` (plain or Sentinel); ``options`` go to redis-py."""
+def connect(url: str, *, pool_size: int | None = None, **options: Any) -> redis.Redis:
+    """A synchronous client for ``url`` (plain or Sentinel); ``options`` go to redis-py.
+
+    With ``pool_size``, callers beyond that many connections wait (up to ``socket_timeout``)
+    for a free one instead of redis-py raising ``MaxConnectionsError``: a busy pool is not
+    an outage.
+    """
     if not is_sentinel(url):
+        if pool_size is not None:
+            pool = redis.BlockingConnectionPool.from_url(
+                url, max_connections=pool_size, timeout=options.get("socket_timeout"), **options
+            )
+            return redis.Redis.from_pool(pool)
         return redis.Redis.from_url(url, **options)
     target = parse_sentinel_url(url)
     sentinel_options = {
@@ -94,9 +104,14 @@ def connect(url: str, **options: Any) -> redis.Redis:
     return cast(redis.Redis, master)
 
 
-def connect_async(url: str, **options: Any) -> redis.asyncio.Redis:
+def connect_async(url: str, *, pool_size: int | None = None, **options: Any) -> redis.asyncio.Redis:
     """The asyncio twin of :func:`connect`."""
     if not is_sentinel(url):
+        if pool_size is not None:
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                url, max_connections=pool_size, timeout=options.get("socket_timeout"), **options
+            )
+            return redis.asyncio.Redis.from_pool(pool)
         return redis.asyncio.Redis.from_url(url, **options)
     target = parse_sentinel_url(url)
     sentinel_options = {

@@ -87,4 +87,6 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
 
 
 def get_logger(**context: Any) -> Any:
-    return structlog.get_logger("ingest").bind(**context)
+    # Not .bind(): that would build the logger now, with structlog's defaults, before an
+    # entry point had a chance to configure it (and its redaction).
+    return structlog.get_logger("ingest", **context)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -97,6 +98,7 @@ def producer_connection(settings: Settings) -> redis.Redis:
     """
     return connect(
         settings.redis_url,
+        pool_size=PRODUCER_POOL_SIZE,
         socket_timeout=settings.producer_timeout,
         socket_connect_timeout=settings.producer_timeout,
         retry=Retry(NoBackoff(), 0),
@@ -145,6 +147,8 @@ class CircuitBreaker:
 
 # Errors that mean "Redis cannot take this now" (down, failing over, loading, full): the event
 # goes to the spool. Any other error (a bug in a script, a wrong type) is raised, never hidden.
+PRODUCER_POOL_SIZE = 100
+
 _UNAVAILABLE = (
     redis.ConnectionError,
     redis.TimeoutError,
@@ -178,6 +182,7 @@ class _ProducerBase:
             )
         self.spool: Spool | None = spool or None
         self._flusher: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
         self._flusher_lock = threading.Lock()
         self._spool_dirty = self.spool is not None and self.spool.pending() > 0
 
@@ -215,31 +220,59 @@ class _ProducerBase:
         metrics.ENQUEUED.labels(status).inc()
         return Receipt(payment.job_id, payment.transaction_id, status)
 
-    def _spooled(self, payments: list[Payment], exc: BaseException) -> list[Receipt]:
-        """Redis failed: keep the events on disk, or raise if there is no room."""
-        self.breaker.failure()
-        metrics.REDIS_ERRORS.labels(type(exc).__name__).inc()
+    def _spooled(self, payments: list[Payment], exc: BaseException | None) -> list[Receipt]:
+        """Redis failed (``exc``) or the open breaker kept us from it (``None``): keep the
+        events on disk, or raise if there is no room."""
+        if exc is not None:
+            # Only a real failure (re)opens the breaker: calls it kept away must not push the
+            # next probe further out, or steady traffic would keep it open forever.
+            self.breaker.failure()
+            metrics.REDIS_ERRORS.labels(type(exc).__name__).inc()
         if self.spool is None:
-            raise QueueUnavailableError(f"Redis unavailable: {type(exc).__name__}") from exc
-        receipts = []
-        for payment in payments:
-            try:
-                self.spool.append(payment)
-            except SpoolFullError:
-                metrics.SPOOL_FULL.inc()
-                raise
-            metrics.ENQUEUED.labels("spooled").inc()
-            metrics.SPOOL_EVENTS.inc()
-            receipts.append(Receipt(payment.job_id, payment.transaction_id, "spooled"))
+            reason = type(exc).__name__ if exc is not None else "circuit open"
+            raise QueueUnavailableError(f"Redis unavailable: {reason}") from exc
+        try:
+            self.spool.append_many(payments)
+        except SpoolFullError:
+            metrics.SPOOL_FULL.inc(len(payments))
+            raise
+        metrics.ENQUEUED.labels("spooled").inc(len(payments))
+        metrics.SPOOL_EVENTS.inc(len(payments))
         self._spool_dirty = True
-        return receipts
+        self._watch_for_redis()
+        return [Receipt(p.job_id, p.transaction_id, "spooled") for p in payments]
+
+    def _watch_for_redis(self) -> None:
+        """Ping Redis every cooldown on a daemon thread and flush the spool once it answers,
+        so spooled events move even if no checkout comes along to notice Redis is back."""
+        with self._flusher_lock:
+            if self._watchdog is not None and self._watchdog.is_alive():
+                return
+            self._watchdog = threading.Thread(
+                target=self._wait_for_redis, name="ingest-redis-watchdog", daemon=True
+            )
+            self._watchdog.start()
+
+    def _wait_for_redis(self) -> None:
+        while self._spool_dirty:
+            time.sleep(self.settings.breaker_cooldown)
+            probe = connect(self.settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+            try:
+                probe.ping()
+            except redis.RedisError:
+                continue
+            finally:
+                probe.close()
+            self.breaker.success()
+            self.start_background_flush()
+            return
 
     def _after_success(self) -> None:
         if self.breaker.success() or self._spool_dirty:
             self.start_background_flush()
 
     def _spool_only(self, payments: list[Payment]) -> list[Receipt]:
-        return self._spooled(payments, QueueUnavailableError("circuit open"))
+        return self._spooled(payments, None)
 
     def start_background_flush(self) -> None:
         """Move spooled events into Redis on a daemon thread (one at a time per producer)."""
@@ -368,16 +401,32 @@ class AsyncProducer(_ProducerBase):
         spool: Spool | bool = True,
     ) -> None:
         super().__init__(settings, spool=spool)
-        self.connection = connection or connect_async(
+        self._own_connection = connection is None
+        self._owner: tuple[int, asyncio.AbstractEventLoop] | None = None
+        self.connection = connection or self._connect()
+        self._enqueue_script = self.connection.register_script(ENQUEUE)
+
+    def _connect(self) -> redis.asyncio.Redis:
+        return connect_async(
             self.settings.redis_url,
+            pool_size=PRODUCER_POOL_SIZE,
             socket_timeout=self.settings.producer_timeout,
             socket_connect_timeout=self.settings.producer_timeout,
             retry=AsyncRetry(NoBackoff(), 0),
             health_check_interval=0,
         )
-        self._enqueue_script = self.connection.register_script(ENQUEUE)
+
+    def _bind(self) -> None:
+        # redis.asyncio's pool belongs to one event loop and, unlike the sync pool, does not
+        # notice fork(): a connection opened before a fork or in another loop is not reused.
+        owner = (os.getpid(), asyncio.get_running_loop())
+        if self._owner is not None and self._owner != owner and self._own_connection:
+            self.connection = self._connect()
+            self._enqueue_script = self.connection.register_script(ENQUEUE)
+        self._owner = owner
 
     async def enqueue(self, payment: Payment) -> Receipt:
+        self._bind()
         if not self.breaker.allow():
             return self._spool_only([payment])[0]
         keys_, args = self._script_call(payment)
@@ -392,6 +441,7 @@ class AsyncProducer(_ProducerBase):
         return self._receipt(payment, result)
 
     async def enqueue_many(self, payments: Iterable[Payment]) -> list[Receipt]:
+        self._bind()
         batch = list(payments)
         if not batch:
             return []

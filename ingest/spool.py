@@ -99,13 +99,17 @@ class Spool:
 
     def append(self, payment: Payment) -> None:
         """Keep one event on disk; raises SpoolFullError at the size cap (event NOT kept)."""
-        line = encode_line(payment)
+        self.append_many([payment])
+
+    def append_many(self, payments: list[Payment]) -> None:
+        """Keep events on disk with one sync for all; all or none (SpoolFullError)."""
+        line = b"".join(encode_line(p) for p in payments)
         with self._lock:
             if self._approximate_size() + len(line) > self.max_bytes:
                 raise SpoolFullError(
                     f"the spool in {self.directory} reached INGEST_SPOOL_MAX_BYTES="
-                    f"{self.max_bytes}: Redis has been unreachable too long; this event "
-                    "was not kept"
+                    f"{self.max_bytes}: Redis has been unreachable too long; "
+                    f"{len(payments)} event(s) were not kept"
                 )
             handle = self._own_file()
             handle.write(line)

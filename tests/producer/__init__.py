@@ -1,0 +1,1 @@
+"""The producer under faults: Redis down or hung, crashes, forks, threads, asyncio."""
