@@ -34,6 +34,7 @@ import redis
 import redis.asyncio
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
+from rq.suspension import is_suspended
 from rq.worker import WorkerStatus
 
 from . import keys, metrics
@@ -202,6 +203,7 @@ class IngestWorker(SimpleWorker):
         self._random = random_source
         self._clock = clock
         self._stop_now = False
+        self._suspended = False
         self._log = get_logger(worker=self.name, queue=settings.queue)
 
     # -- RQ's entry point --------------------------------------------------------------------
@@ -328,6 +330,14 @@ class IngestWorker(SimpleWorker):
         async def housekeeping() -> None:
             now = self._clock()
             await asyncio.to_thread(self.heartbeat)
+            # `rq suspend` holds every worker: we stop claiming, requests in flight finish.
+            suspended = await asyncio.to_thread(is_suspended, self.connection, self)
+            if suspended != self._suspended:
+                self._suspended = suspended
+                self.set_state(WorkerStatus.SUSPENDED if suspended else WorkerStatus.BUSY)
+                self._log.warning(
+                    "worker suspended by `rq suspend`" if suspended else "worker resumed"
+                )
             if held:
                 members: dict[str, float] = {f"{jid}:{self.name}": now + lease for jid in held}
                 await aconn.zadd(k.started, members, xx=True)
@@ -352,7 +362,7 @@ class IngestWorker(SimpleWorker):
                     if self._stop_requested:
                         break
                     claimed_now = 0
-                    free = limiter.free_slots()
+                    free = 0 if self._suspended else limiter.free_slots()
                     if free > 0:
                         now = self._clock()
                         rows = await claim(
@@ -379,7 +389,7 @@ class IngestWorker(SimpleWorker):
                     await flush()
                     redis_backoff = 0.0
                     if not in_flight and claimed_now == 0:
-                        if burst and await self._drained(aconn):
+                        if burst and (self._suspended or await self._drained(aconn)):
                             break
                         await asyncio.sleep(max(_IDLE_POLL, min(limiter.held_for(), 1.0)))
                     else:
