@@ -7,7 +7,9 @@ dead-letter replay and the CLI react to the verdict and never look at status cod
 from __future__ import annotations
 
 import enum
+import functools
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -139,52 +141,84 @@ class Credentials:
         return f"?websiteId={quote(site)}"
 
 
-def build_async_client(settings: Settings, *, concurrency: int) -> httpx.AsyncClient:
-    """One pooled client per worker process, sized to the number of requests in flight.
+def build_transport(settings: Settings, *, concurrency: int) -> httpx.AsyncBaseTransport:
+    """One pooled transport per worker process, sized to the number of requests in flight.
 
-    httpx's own pool costs more per request as connections grow (rq-notes.md); its API with
-    aiohttp's pool underneath keeps ~1 connection per request in flight, kept alive.
+    httpx's own pool costs more per request as connections grow (rq-notes.md); the
+    httpx-aiohttp transport keeps httpx's request/response types over aiohttp's pool, with
+    ~1 keep-alive connection per request in flight.
     """
     from httpx_aiohttp import AiohttpTransport
 
     limits = httpx.Limits(
         max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=30
     )
-    transport = AiohttpTransport(limits=limits)
-    return httpx.AsyncClient(
-        transport=transport,
-        base_url=settings.api_url,
-        timeout=httpx.Timeout(settings.request_timeout),
-        headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
-    )
+    return AiohttpTransport(limits=limits)
 
 
 class PaymentsClient:
-    """Sends one payment per request and classifies the answer. Never raises for HTTP."""
+    """Sends one payment per request and classifies the answer. Never raises for HTTP.
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+    It talks to the pooled transport directly: ``httpx.AsyncClient``'s per-request layers
+    (URL merging, cookie jar, auth and redirect hooks) cost more CPU than the request itself
+    at a thousand requests a second (bench/http_clients.py), and a payments POST needs none
+    of them.
+    """
+
+    def __init__(
+        self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self._credentials = Credentials(settings)
-        self._client = client
+        self._transport = transport or build_transport(settings, concurrency=settings.concurrency)
+        self._base = settings.api_url + PAYMENTS_PATH
+        self._urls: dict[str | None, httpx.URL] = {}
+        self._headers = httpx.Headers(
+            {
+                **self._credentials.headers,
+                "User-Agent": USER_AGENT,
+                "Content-Type": "application/json",
+            }
+        )
+        seconds = settings.request_timeout
+        self._extensions = {
+            "timeout": {"connect": seconds, "read": seconds, "write": seconds, "pool": seconds}
+        }
+
+    def _url(self, website: str | None) -> httpx.URL:
+        url = self._urls.get(website)
+        if url is None:
+            url = self._urls[website] = httpx.URL(self._base + self._credentials.params(website))
+        return url
 
     async def send(self, body: str | bytes, website: str | None) -> Outcome:
         content = body.encode() if isinstance(body, str) else body
         try:
-            url = PAYMENTS_PATH + self._credentials.params(website)
+            url = self._url(website)
         except ConfigurationError as exc:
             return Outcome(Verdict.AUTH, None, str(exc))
+        request = httpx.Request(
+            "POST", url, content=content, headers=self._headers, extensions=self._extensions
+        )
         try:
-            response = await self._client.post(
-                url, content=content, headers=self._credentials.headers
-            )
-            payload = await response.aread()
-        except httpx.HTTPError as exc:
-            return classify(None, error=describe_transport_error(exc))
-        except OSError as exc:
+            response = await self._transport.handle_async_request(request)
+            try:
+                payload = await response.aread()
+            finally:
+                await response.aclose()
+        except (httpx.HTTPError, OSError, TimeoutError) as exc:
             return classify(None, error=describe_transport_error(exc))
         return classify(response.status_code, payload, response.headers.get("retry-after"))
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
+
+
+@functools.lru_cache(maxsize=4)
+def _sync_client(pid: int, settings: Settings) -> tuple[Credentials, httpx.Client]:
+    # One per process and configuration (a forked RQ work horse must not share the parent's
+    # sockets): building an httpx.Client costs ~30 ms of CPU, more than the request.
+    client = httpx.Client(base_url=settings.api_url, timeout=settings.request_timeout)
+    return Credentials(settings), client
 
 
 def deliver_payment(body: str, website: str | None = None) -> str:
@@ -194,20 +228,18 @@ def deliver_payment(body: str, website: str | None = None) -> str:
     stock tooling can still process the queue, one job at a time. Raises
     :class:`DeliveryError` on anything but a delivery, so RQ records the failure.
     """
-    settings = Settings()
-    credentials = Credentials(settings)
-    with httpx.Client(base_url=settings.api_url, timeout=settings.request_timeout) as client:
-        try:
-            response = client.post(
-                PAYMENTS_PATH + credentials.params(website),
-                content=body.encode(),
-                headers={**credentials.headers, "Content-Type": "application/json"},
-            )
-            outcome = classify(
-                response.status_code, response.content, response.headers.get("retry-after")
-            )
-        except httpx.HTTPError as exc:
-            outcome = classify(None, error=describe_transport_error(exc))
+    credentials, client = _sync_client(os.getpid(), Settings())
+    try:
+        response = client.post(
+            PAYMENTS_PATH + credentials.params(website),
+            content=body.encode(),
+            headers={**credentials.headers, "Content-Type": "application/json"},
+        )
+        outcome = classify(
+            response.status_code, response.content, response.headers.get("retry-after")
+        )
+    except httpx.HTTPError as exc:
+        outcome = classify(None, error=describe_transport_error(exc))
     if outcome.verdict.delivered:
         return outcome.message
     error_class = AuthenticationError if outcome.verdict is Verdict.AUTH else DeliveryError

@@ -39,7 +39,7 @@ from rq.worker import WorkerStatus
 
 from . import keys, metrics
 from .connection import connect, connect_async
-from .delivery import Outcome, PaymentsClient, Verdict, build_async_client
+from .delivery import Outcome, PaymentsClient, Verdict, build_transport
 from .keys import text
 from .logs import get_logger, scrub
 from .retry import RandomSource, RetryPolicy, utc_iso
@@ -178,7 +178,7 @@ class IngestWorker(SimpleWorker):
         *,
         connection: redis.Redis | None = None,
         name: str | None = None,
-        http_client_factory: Callable[[], Any] | None = None,
+        transport_factory: Callable[[], Any] | None = None,
         random_source: RandomSource = random.random,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -199,7 +199,7 @@ class IngestWorker(SimpleWorker):
             settings.max_attempts, settings.backoff_base, settings.backoff_max
         )
         self.counts = WorkerCounts()
-        self._http_client_factory = http_client_factory
+        self._transport_factory = transport_factory
         self._random = random_source
         self._clock = clock
         self._stop_now = False
@@ -252,9 +252,9 @@ class IngestWorker(SimpleWorker):
         unpause = aconn.register_script(UNPAUSE)
         concurrency = self.settings.concurrency
         http = (
-            self._http_client_factory()
-            if self._http_client_factory
-            else build_async_client(self.settings, concurrency=concurrency)
+            self._transport_factory()
+            if self._transport_factory
+            else build_transport(self.settings, concurrency=concurrency)
         )
         client = PaymentsClient(self.settings, http)
         limiter = AdaptiveLimiter(concurrency)
