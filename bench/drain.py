@@ -48,16 +48,31 @@ from bench.harness import (
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python bench/drain.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python bench/drain.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--events", type=int, default=10_000, help="events our worker drains")
     parser.add_argument("--latency-ms", type=float, default=50.0, help="sandbox answer time")
-    parser.add_argument("--concurrency", type=int, default=None,
-                        help="our worker's INGEST_CONCURRENCY (default: the package default)")
-    parser.add_argument("--baseline-events", type=int, default=300,
-                        help="jobs each RQ baseline drains (one POST each)")
-    parser.add_argument("--ceiling-seconds", type=float, default=5.0,
-                        help="seconds to measure the sandbox's ceiling (0 to skip)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="our worker's INGEST_CONCURRENCY (default: the package default)",
+    )
+    parser.add_argument(
+        "--baseline-events",
+        type=int,
+        default=300,
+        help="jobs each RQ baseline drains (one POST each)",
+    )
+    parser.add_argument(
+        "--ceiling-seconds",
+        type=float,
+        default=5.0,
+        help="seconds to measure the sandbox's ceiling (0 to skip)",
+    )
     parser.add_argument("--no-fork", action="store_true", help="skip the forking rq Worker")
     parser.add_argument("--json", type=Path, default=None, help="also save results here")
     return parser.parse_args(argv)
@@ -71,9 +86,16 @@ def render(runs: list[DrainRun], ceiling: float | None, concurrency: int, latenc
         "worker process's rusage (horses included); excl. start-up: from the first dequeue on.",
     )
     for column, justify in (
-        ("system", "left"), ("events", "right"), ("events/s", "right"), ("wall ev/s", "right"),
-        ("CPU ms/event", "right"), ("excl. start-up", "right"), ("Redis cmds/event", "right"),
-        ("ours/this ev/s", "right"), ("this/ours CPU", "right"), ("this/ours cmds", "right"),
+        ("system", "left"),
+        ("events", "right"),
+        ("events/s", "right"),
+        ("wall ev/s", "right"),
+        ("CPU ms/event", "right"),
+        ("excl. start-up", "right"),
+        ("Redis cmds/event", "right"),
+        ("ours/this ev/s", "right"),
+        ("this/ours CPU", "right"),
+        ("this/ours cmds", "right"),
     ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for run in runs:
@@ -92,14 +114,32 @@ def render(runs: list[DrainRun], ceiling: float | None, concurrency: int, latenc
         )
     if ceiling is not None:
         table.add_row(
-            f"sandbox ceiling ({concurrency} conns, aiohttp)", "-", f"{ceiling:,.0f}", "-", "-",
-            "-", "-", ratio(ours.rate, ceiling), "", "", style="dim",
+            f"sandbox ceiling ({concurrency} conns, aiohttp)",
+            "-",
+            f"{ceiling:,.0f}",
+            "-",
+            "-",
+            "-",
+            "-",
+            ratio(ours.rate, ceiling),
+            "",
+            "",
+            style="dim",
         )
         bound = concurrency / (latency / 1000) if latency > 0 else float("inf")
         if bound != float("inf"):
             table.add_row(
-                f"latency bound ({concurrency} in flight / {latency:g} ms)", "-", f"{bound:,.0f}",
-                "-", "-", "-", "-", ratio(ours.rate, bound), "", "", style="dim",
+                f"latency bound ({concurrency} in flight / {latency:g} ms)",
+                "-",
+                f"{bound:,.0f}",
+                "-",
+                "-",
+                "-",
+                "-",
+                ratio(ours.rate, bound),
+                "",
+                "",
+                style="dim",
             )
     return table
 
@@ -114,23 +154,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         with BenchEnv(latency_ms=args.latency_ms, concurrency=args.concurrency) as env:
             if args.ceiling_seconds > 0:
                 progress(f"sandbox ceiling at {env.concurrency} connections...")
-                ceiling = sandbox_ceiling(env, seconds=args.ceiling_seconds,
-                                          connections=env.concurrency)
+                ceiling = sandbox_ceiling(
+                    env, seconds=args.ceiling_seconds, connections=env.concurrency
+                )
                 progress(f"  {ceiling:,.0f} req/s")
             systems = ["ours", "rq-simple"] + ([] if args.no_fork else ["rq-fork"])
             for system in systems:
                 n = args.events if system == "ours" else args.baseline_events
                 progress(f"{SYSTEMS[system]}: draining {n:,} events...")
                 run = drain(env, system, n)
-                progress(f"  {run.rate:,.1f} events/s, {run.cpu_ms_per_event:.2f} CPU ms/event, "
-                         f"{run.calls_per_event:.1f} Redis cmds/event, "
-                         f"{run.sandbox_requests:,} POSTs seen by the sandbox")
+                progress(
+                    f"  {run.rate:,.1f} events/s, {run.cpu_ms_per_event:.2f} CPU ms/event, "
+                    f"{run.calls_per_event:.1f} Redis cmds/event, "
+                    f"{run.sandbox_requests:,} POSTs seen by the sandbox"
+                )
                 shares = run.as_dict()
-                progress(f"  CPU while draining, share of one core: worker "
-                         f"{shares['worker_cpu_share']:.0%}, sandbox "
-                         f"{shares['sandbox_cpu_share']:.0%}, "
-                         f"redis {shares['redis_cpu_share']:.0%}; whole machine "
-                         f"{shares['machine_cpu_share']:.0%} of {os.cpu_count()} cores")
+                progress(
+                    f"  CPU while draining, share of one core: worker "
+                    f"{shares['worker_cpu_share']:.0%}, sandbox "
+                    f"{shares['sandbox_cpu_share']:.0%}, "
+                    f"redis {shares['redis_cpu_share']:.0%}; whole machine "
+                    f"{shares['machine_cpu_share']:.0%} of {os.cpu_count()} cores"
+                )
                 runs.append(run)
             concurrency = env.concurrency
     except BaseException as exc:
@@ -140,9 +185,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 143 if isinstance(exc, Interrupted) else 130
     console.print(render(runs, ceiling, concurrency, args.latency_ms))
     if args.json:
-        args.json.write_text(json.dumps(
-            {"latency_ms": args.latency_ms, "concurrency": concurrency, "ceiling": ceiling,
-             "runs": [r.as_dict() for r in runs]}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "latency_ms": args.latency_ms,
+                    "concurrency": concurrency,
+                    "ceiling": ceiling,
+                    "runs": [r.as_dict() for r in runs],
+                },
+                indent=2,
+            )
+        )
         progress(f"saved {args.json}")
     return 0
 

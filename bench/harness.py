@@ -246,8 +246,19 @@ class BenchEnv(contextlib.ExitStack):
         # worker's horses then inherit httpx instead of importing it for every job (the
         # generous set-up for the baseline; stock `rq worker` pays ~150 ms CPU a job more).
         argv = [
-            PYTHON, "-c", _RQ_LAUNCHER, "worker", "--burst", "--quiet",
-            "-w", worker_class, "--url", self.redis_url, "-P", str(PROJECT_DIR), RQ_QUEUE,
+            PYTHON,
+            "-c",
+            _RQ_LAUNCHER,
+            "worker",
+            "--burst",
+            "--quiet",
+            "-w",
+            worker_class,
+            "--url",
+            self.redis_url,
+            "-P",
+            str(PROJECT_DIR),
+            RQ_QUEUE,
         ]
         return argv, env
 

@@ -56,10 +56,12 @@ async def drive(bodies: Sequence[str], concurrency: int, send: Send) -> tuple[fl
 
 
 async def run_ours(url: str, bodies: Sequence[str], concurrency: int) -> tuple[float, float, int]:
-    settings = Settings(api_url=url, api_key=SecretStr(DEFAULT_WEBSITE_KEY),
-                        concurrency=concurrency)
+    settings = Settings(
+        api_url=url, api_key=SecretStr(DEFAULT_WEBSITE_KEY), concurrency=concurrency
+    )
     client = PaymentsClient(settings, build_transport(settings, concurrency=concurrency))
     try:
+
         async def send(body: str) -> bool:
             return (await client.send(body, None)).verdict.delivered
 
@@ -71,19 +73,25 @@ async def run_ours(url: str, bodies: Sequence[str], concurrency: int) -> tuple[f
 async def run_aiohttp(
     url: str, bodies: Sequence[str], concurrency: int
 ) -> tuple[float, float, int]:
-    headers = {"Authorization": f"Bearer {DEFAULT_WEBSITE_KEY}",
-               "Content-Type": "application/json", "User-Agent": "datafast-ingest/0.1"}
+    headers = {
+        "Authorization": f"Bearer {DEFAULT_WEBSITE_KEY}",
+        "Content-Type": "application/json",
+        "User-Agent": "datafast-ingest/0.1",
+    }
     connector = aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=30)
     timeout = aiohttp.ClientTimeout(total=10)
     endpoint = url + PAYMENTS_PATH
-    async with aiohttp.ClientSession(connector=connector, headers=headers,
-                                     timeout=timeout) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, headers=headers, timeout=timeout
+    ) as session:
+
         async def send(body: str) -> bool:
             try:
                 async with session.post(endpoint, data=body.encode()) as response:
                     payload = await response.read()
-                    outcome = classify(response.status, payload,
-                                       response.headers.get("retry-after"))
+                    outcome = classify(
+                        response.status, payload, response.headers.get("retry-after")
+                    )
             except (aiohttp.ClientError, OSError) as exc:
                 outcome = classify(None, error=type(exc).__name__)
             return outcome.verdict.delivered
@@ -92,16 +100,21 @@ async def run_aiohttp(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python bench/http_clients.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python bench/http_clients.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--requests", type=int, default=5_000)
     parser.add_argument("--concurrency", type=int, default=128)
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     install_signal_handlers()
-    clients = {"ours: PaymentsClient (httpx + httpx-aiohttp)": run_ours,
-               "plain aiohttp.ClientSession": run_aiohttp}
+    clients = {
+        "ours: PaymentsClient (httpx + httpx-aiohttp)": run_ours,
+        "plain aiohttp.ClientSession": run_aiohttp,
+    }
     results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in clients}
     try:
         config = SandboxConfig(faults=Faults(latency_ms=args.latency_ms))
@@ -111,14 +124,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     bodies = [p.wire_body() for p in make_payments(args.requests)]
                     seconds, cpu, failed = asyncio.run(run(sandbox.url, bodies, args.concurrency))
                     results[name].append((seconds, cpu, failed))
-                    progress(f"run {rep + 1}: {name}: {args.requests / seconds:,.0f} req/s, "
-                             f"{1000 * cpu / args.requests:.3f} CPU ms/request, {failed} failed")
+                    progress(
+                        f"run {rep + 1}: {name}: {args.requests / seconds:,.0f} req/s, "
+                        f"{1000 * cpu / args.requests:.3f} CPU ms/request, {failed} failed"
+                    )
                     sandbox.reset()
     except KeyboardInterrupt:
         print("interrupted; the sandbox was stopped", file=sys.stderr)
         return 130
-    table = Table(title=f"{args.requests:,} POSTs, {args.concurrency} in flight, API at "
-                  f"{args.latency_ms:g} ms: median of {args.repeats} (min-max)")
+    table = Table(
+        title=f"{args.requests:,} POSTs, {args.concurrency} in flight, API at "
+        f"{args.latency_ms:g} ms: median of {args.repeats} (min-max)"
+    )
     for column in ("client", "req/s", "client CPU ms/request", "CPU vs ours"):
         table.add_column(column, justify="left" if column == "client" else "right")
     ours_cpu = statistics.median(c for _, c, _ in results[next(iter(clients))])

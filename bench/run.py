@@ -91,13 +91,21 @@ class Config:
         sections = tuple(int(s) for s in args.only.split(",")) if args.only else (1, 2, 3, 4, 5)
         if args.quick:
             return cls(
-                quick=True, repeats=args.repeats or 1, concurrency=args.concurrency,
-                ours_events=3_000, baseline_seconds=4.0, ceiling_seconds=1.5,
-                memory_events=2_000, backlog_big=20_000, backlog_small=2_000, enqueue_ops=1_500,
+                quick=True,
+                repeats=args.repeats or 1,
+                concurrency=args.concurrency,
+                ours_events=3_000,
+                baseline_seconds=4.0,
+                ceiling_seconds=1.5,
+                memory_events=2_000,
+                backlog_big=20_000,
+                backlog_small=2_000,
+                enqueue_ops=1_500,
                 sections=sections,
             )
-        return cls(quick=False, repeats=args.repeats or 3, concurrency=args.concurrency,
-                   sections=sections)
+        return cls(
+            quick=False, repeats=args.repeats or 3, concurrency=args.concurrency, sections=sections
+        )
 
 
 def baseline_events(system: str, latency_ms: float, seconds: float) -> int:
@@ -124,15 +132,30 @@ class Report:
     data: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
-    def add(self, section: int, figure: str, ours: str, baselines: Sequence[tuple[str, str, str]],
-            note: str = "") -> None:
+    def add(
+        self,
+        section: int,
+        figure: str,
+        ours: str,
+        baselines: Sequence[tuple[str, str, str]],
+        note: str = "",
+    ) -> None:
         """One figure, then one line per baseline: (name, value, ratio)."""
         if not baselines:
             self.rows.append(Row(section, figure, ours, "", "", "", note))
         for i, (name, value, r) in enumerate(baselines):
             first = i == 0
-            self.rows.append(Row(section, figure if first else "", ours if first else "", name,
-                                 value, r, note if first else ""))
+            self.rows.append(
+                Row(
+                    section,
+                    figure if first else "",
+                    ours if first else "",
+                    name,
+                    value,
+                    r,
+                    note if first else "",
+                )
+            )
 
     def table(self) -> Table:
         cfg = self.config
@@ -192,17 +215,24 @@ def section_drains(env: BenchEnv, cfg: Config, report: Report) -> None:
             progress(f"      ceiling {ceilings[latency][-1]:,.0f} req/s")
             rotated = order[rep % 3 :] + order[: rep % 3]  # interleave: nobody always first
             for system in rotated:
-                n = cfg.ours_events if system == "ours" else baseline_events(
-                    system, latency, cfg.baseline_seconds)
-                progress(f"[1] API {latency:g} ms, run {rep + 1}/{cfg.repeats}: "
-                         f"{SYSTEMS[system]} drains {n:,}")
+                n = (
+                    cfg.ours_events
+                    if system == "ours"
+                    else baseline_events(system, latency, cfg.baseline_seconds)
+                )
+                progress(
+                    f"[1] API {latency:g} ms, run {rep + 1}/{cfg.repeats}: "
+                    f"{SYSTEMS[system]} drains {n:,}"
+                )
                 run = drain(env, system, n)
                 runs[latency][system].append(run)
                 d = run.as_dict()
-                progress(f"      {run.rate:,.1f} ev/s, {run.cpu_ms_per_event:.2f} CPU ms/ev, "
-                         f"{run.calls_per_event:.1f} cmds/ev; cores busy: worker "
-                         f"{d['worker_cpu_share']:.2f}, sandbox {d['sandbox_cpu_share']:.2f}, "
-                         f"redis {d['redis_cpu_share']:.2f}, machine {d['machine_cpu_share']:.2f}")
+                progress(
+                    f"      {run.rate:,.1f} ev/s, {run.cpu_ms_per_event:.2f} CPU ms/ev, "
+                    f"{run.calls_per_event:.1f} cmds/ev; cores busy: worker "
+                    f"{d['worker_cpu_share']:.2f}, sandbox {d['sandbox_cpu_share']:.2f}, "
+                    f"redis {d['redis_cpu_share']:.2f}, machine {d['machine_cpu_share']:.2f}"
+                )
     report.data["drain"] = {
         str(lat): {s: [r.as_dict() for r in rs] for s, rs in by.items()} for lat, by in runs.items()
     }
@@ -216,32 +246,63 @@ def section_drains(env: BenchEnv, cfg: Config, report: Report) -> None:
             for system in ("rq-simple", "rq-fork"):
                 base = _s([r.rate for r in runs[latency][system]])
                 n = runs[latency][system][0].events
-                baselines.append((f"{SYSTEMS[system]}, 1 POST/job ({n} jobs)", base.fmt(1),
-                                  ratio(ours.median, base.median)))
+                baselines.append(
+                    (
+                        f"{SYSTEMS[system]}, 1 POST/job ({n} jobs)",
+                        base.fmt(1),
+                        ratio(ours.median, base.median),
+                    )
+                )
             ceiling = _s(ceilings[latency])
-            baselines.append((f"sandbox ceiling, aiohttp, {conc} conns", ceiling.fmt(0),
-                              ratio(ours.median, ceiling.median)))
+            baselines.append(
+                (
+                    f"sandbox ceiling, aiohttp, {conc} conns",
+                    ceiling.fmt(0),
+                    ratio(ours.median, ceiling.median),
+                )
+            )
             if latency > 0:
                 bound = conc / (latency / 1000)
-                baselines.append((f"bound: {conc} in flight / {latency:g} ms", f"{bound:,.0f}",
-                                  ratio(ours.median, bound)))
+                baselines.append(
+                    (
+                        f"bound: {conc} in flight / {latency:g} ms",
+                        f"{bound:,.0f}",
+                        ratio(ours.median, bound),
+                    )
+                )
             busy = _s([r.as_dict()["machine_cpu_share"] for r in runs[latency]["ours"]])
             worker = _s([r.as_dict()["worker_cpu_share"] for r in runs[latency]["ours"]])
-            report.add(1, f"API at {latency:g} ms: events/s (ours: {cfg.ours_events:,} events, "
-                       f"{conc} in flight)", ours.fmt(0), baselines,
-                       note=f"while ours drained: worker {worker.median:.2f} cores, machine "
-                       f"{busy.median:.2f} of {os.cpu_count()} cores busy")
+            report.add(
+                1,
+                f"API at {latency:g} ms: events/s (ours: {cfg.ours_events:,} events, "
+                f"{conc} in flight)",
+                ours.fmt(0),
+                baselines,
+                note=f"while ours drained: worker {worker.median:.2f} cores, machine "
+                f"{busy.median:.2f} of {os.cpu_count()} cores busy",
+            )
     if 2 in cfg.sections:
         latency = 50.0 if 50.0 in runs else cfg.latencies[0]
         by = runs[latency]
         metrics: list[tuple[str, Callable[[DrainRun], float], int, str]] = [
-            ("worker CPU ms per delivered event (whole process, rusage)",
-             lambda r: r.cpu_ms_per_event, 2, "includes start-up, which ours spreads over "
-             "more events"),
-            ("worker CPU ms per delivered event, from the first dequeue on",
-             lambda r: r.steady_cpu_ms_per_event, 2, "start-up (imports, registration) left out"),
-            ("Redis commands per delivered event (INFO commandstats)",
-             lambda r: r.calls_per_event, 1, "rq-notes: ~57 per job for RQ"),
+            (
+                "worker CPU ms per delivered event (whole process, rusage)",
+                lambda r: r.cpu_ms_per_event,
+                2,
+                "includes start-up, which ours spreads over more events",
+            ),
+            (
+                "worker CPU ms per delivered event, from the first dequeue on",
+                lambda r: r.steady_cpu_ms_per_event,
+                2,
+                "start-up (imports, registration) left out",
+            ),
+            (
+                "Redis commands per delivered event (INFO commandstats)",
+                lambda r: r.calls_per_event,
+                1,
+                "rq-notes: ~57 per job for RQ",
+            ),
         ]
         for figure, get, digits, note in metrics:
             ours = _s([get(r) for r in by["ours"]])
@@ -302,18 +363,35 @@ def section_memory(env: BenchEnv, cfg: Config, report: Report) -> None:
     out["rq_finished_ttl"] = env.r.ttl(f"rq:job:{jobs[0].id}")
     report.data["memory"] = out
 
-    report.add(3, f"used_memory per queued event ({n:,} queued)", _bytes(out["ours_queued"]),
-               [("RQ Queue.enqueue, same body", _bytes(out["rq_queued"]),
-                 ratio(out["ours_queued"], out["rq_queued"]))],
-               note=f"MEMORY USAGE job hash: ours {_bytes(out['ours_job_hash'])}, RQ "
-               f"{_bytes(out['rq_job_hash'])}")
-    report.add(3, "used_memory per finished event (after the drain)",
-               _bytes(out["ours_finished"]),
-               [("RQ, finished job + result kept (result_ttl 500 s)", _bytes(out["rq_finished"]),
-                 ratio(out["ours_finished"], out["rq_finished"]))],
-               note=f"ours keeps a done marker {_bytes(out['ours_done_marker'])} for "
-               f"{out['ours_done_ttl']} s (dedup window); RQ job hash "
-               f"{_bytes(job_after)} + result {_bytes(result)} for {out['rq_finished_ttl']} s")
+    report.add(
+        3,
+        f"used_memory per queued event ({n:,} queued)",
+        _bytes(out["ours_queued"]),
+        [
+            (
+                "RQ Queue.enqueue, same body",
+                _bytes(out["rq_queued"]),
+                ratio(out["ours_queued"], out["rq_queued"]),
+            )
+        ],
+        note=f"MEMORY USAGE job hash: ours {_bytes(out['ours_job_hash'])}, RQ "
+        f"{_bytes(out['rq_job_hash'])}",
+    )
+    report.add(
+        3,
+        "used_memory per finished event (after the drain)",
+        _bytes(out["ours_finished"]),
+        [
+            (
+                "RQ, finished job + result kept (result_ttl 500 s)",
+                _bytes(out["rq_finished"]),
+                ratio(out["ours_finished"], out["rq_finished"]),
+            )
+        ],
+        note=f"ours keeps a done marker {_bytes(out['ours_done_marker'])} for "
+        f"{out['ours_done_ttl']} s (dedup window); RQ job hash "
+        f"{_bytes(job_after)} + result {_bytes(result)} for {out['rq_finished_ttl']} s",
+    )
 
 
 # -- section 4: backlog ---------------------------------------------------------------------------
@@ -335,30 +413,50 @@ def section_backlog(env: BenchEnv, cfg: Config, report: Report) -> None:
             run = drain(env, "ours", n, processes=processes)
             runs[n] = run
             out[f"{processes}x{n}"] = {**run.as_dict(), "empty_memory": base}
-            progress(f"      {run.drain_s:.1f} s ({run.rate:,.0f} ev/s), peak used_memory "
-                     f"{_bytes(run.peak_memory)}")
+            progress(
+                f"      {run.drain_s:.1f} s ({run.rate:,.0f} ev/s), peak used_memory "
+                f"{_bytes(run.peak_memory)}"
+            )
         big, small = runs[cfg.backlog_big], runs[cfg.backlog_small]
         linear = (big.drain_s / big.events) / (small.drain_s / small.events)
         out[f"{processes}_linearity"] = linear
         label = f"{processes} worker process{'es' if processes > 1 else ''}"
         extrapolated = big.events / (simple_rate * processes) if simple_rate == simple_rate else 0
-        report.add(4, f"{big.events:,} events, {label}: drain time",
-                   f"{big.drain_s:,.1f} s", [
-                       (f"RQ SimpleWorker x{processes}, extrapolated from section 1",
-                        f"{extrapolated:,.0f} s" if extrapolated else "-",
-                        ratio(big.drain_s, extrapolated) if extrapolated else "-"),
-                   ], note=f"{big.rate:,.0f} ev/s; wall incl. start-up {big.wall_s:,.1f} s")
+        report.add(
+            4,
+            f"{big.events:,} events, {label}: drain time",
+            f"{big.drain_s:,.1f} s",
+            [
+                (
+                    f"RQ SimpleWorker x{processes}, extrapolated from section 1",
+                    f"{extrapolated:,.0f} s" if extrapolated else "-",
+                    ratio(big.drain_s, extrapolated) if extrapolated else "-",
+                ),
+            ],
+            note=f"{big.rate:,.0f} ev/s; wall incl. start-up {big.wall_s:,.1f} s",
+        )
         mem_empty = out[f"{processes}x{big.events}"]["empty_memory"]
         rq_peak = mem_empty + queued_bytes * big.events
-        report.add(4, f"{big.events:,} events, {label}: peak used_memory",
-                   _bytes(big.peak_memory), [
-                       ("RQ Queue.enqueue backlog, from section 3 bytes/job",
-                        _bytes(rq_peak), ratio(big.peak_memory, rq_peak)),
-                   ], note=f"empty Redis {_bytes(mem_empty)}")
-        report.add(4, f"{label}: s/event at {big.events:,} / at {small.events:,}",
-                   f"{linear:.2f}", [("linear (ideal)", "1.00", ratio(linear, 1.0))],
-                   note=f"{small.events:,} took {small.drain_s:.1f} s "
-                   f"({small.rate:,.0f} ev/s)")
+        report.add(
+            4,
+            f"{big.events:,} events, {label}: peak used_memory",
+            _bytes(big.peak_memory),
+            [
+                (
+                    "RQ Queue.enqueue backlog, from section 3 bytes/job",
+                    _bytes(rq_peak),
+                    ratio(big.peak_memory, rq_peak),
+                ),
+            ],
+            note=f"empty Redis {_bytes(mem_empty)}",
+        )
+        report.add(
+            4,
+            f"{label}: s/event at {big.events:,} / at {small.events:,}",
+            f"{linear:.2f}",
+            [("linear (ideal)", "1.00", ratio(linear, 1.0))],
+            note=f"{small.events:,} took {small.drain_s:.1f} s ({small.rate:,.0f} ev/s)",
+        )
     report.data["backlog"] = out
 
 
@@ -393,17 +491,30 @@ class EnqueueRun:
         return values[min(len(values) - 1, int(q * len(values)))]
 
     def summary(self) -> dict[str, Any]:
-        return {"method": self.method, "events": self.events, "calls": self.calls,
-                "seconds": self.seconds, "throughput": self.throughput,
-                "p50_us": self.pct(0.50), "p99_us": self.pct(0.99),
-                "not_queued": self.not_queued, "error": self.error}
+        return {
+            "method": self.method,
+            "events": self.events,
+            "calls": self.calls,
+            "seconds": self.seconds,
+            "throughput": self.throughput,
+            "p50_us": self.pct(0.50),
+            "p99_us": self.pct(0.99),
+            "not_queued": self.not_queued,
+            "error": self.error,
+        }
 
 
 def _fields(count: int) -> list[dict[str, Any]]:
     return [
-        {"amount": p.amount, "currency": p.currency, "transaction_id": p.transaction_id,
-         "datafast_visitor_id": p.datafast_visitor_id, "email": p.email, "name": p.name,
-         "customer_id": p.customer_id}
+        {
+            "amount": p.amount,
+            "currency": p.currency,
+            "transaction_id": p.transaction_id,
+            "datafast_visitor_id": p.datafast_visitor_id,
+            "email": p.email,
+            "name": p.name,
+            "customer_id": p.customer_id,
+        }
         for p in make_payments(count)
     ]
 
@@ -453,13 +564,25 @@ def _methods(env: BenchEnv, ops: int, loop: asyncio.AbstractEventLoop) -> list[M
     # The floor: one LPUSH of the job data our producer stores; then RQ's own enqueue.
     lpush_conn = redis.Redis.from_url(env.redis_url, socket_timeout=5)
     payloads = [job_data(p) for p in make_payments(ops)]
-    methods.append(Method(FLOOR, payloads, _sync_slice(
-        lambda data: _zero(lpush_conn.lpush("bench:lpush", data))), close=lpush_conn.close))
+    methods.append(
+        Method(
+            FLOOR,
+            payloads,
+            _sync_slice(lambda data: _zero(lpush_conn.lpush("bench:lpush", data))),
+            close=lpush_conn.close,
+        )
+    )
     rq_conn = redis.Redis.from_url(env.redis_url, socket_timeout=5)
     queue = Queue("bench-enqueue", connection=rq_conn)
     bodies = [p.wire_body() for p in make_payments(ops)]
-    methods.append(Method(RQ_SINGLE, bodies, _sync_slice(
-        lambda body: _zero(queue.enqueue(BASELINE_FUNCTION, body))), close=rq_conn.close))
+    methods.append(
+        Method(
+            RQ_SINGLE,
+            bodies,
+            _sync_slice(lambda body: _zero(queue.enqueue(BASELINE_FUNCTION, body))),
+            close=rq_conn.close,
+        )
+    )
 
     # The bulk floor and RQ's bulk enqueue: pipelines of 100.
     def lpush_pipeline(chunk: list[str]) -> int:
@@ -470,8 +593,14 @@ def _methods(env: BenchEnv, ops: int, loop: asyncio.AbstractEventLoop) -> list[M
         return 0
 
     more = [job_data(p) for p in make_payments(ops)]
-    methods.append(Method(BULK_FLOOR, [more[i : i + 100] for i in range(0, ops, 100)],
-                          _sync_slice(lpush_pipeline), per_call=100))
+    methods.append(
+        Method(
+            BULK_FLOOR,
+            [more[i : i + 100] for i in range(0, ops, 100)],
+            _sync_slice(lpush_pipeline),
+            per_call=100,
+        )
+    )
 
     def rq_many(chunk: list[str]) -> int:
         with rq_conn.pipeline() as pipe:
@@ -482,27 +611,46 @@ def _methods(env: BenchEnv, ops: int, loop: asyncio.AbstractEventLoop) -> list[M
         return 0
 
     more_bodies = [p.wire_body() for p in make_payments(ops)]
-    methods.append(Method(BULK_RQ, [more_bodies[i : i + 100] for i in range(0, ops, 100)],
-                          _sync_slice(rq_many), per_call=100))
+    methods.append(
+        Method(
+            BULK_RQ,
+            [more_bodies[i : i + 100] for i in range(0, ops, 100)],
+            _sync_slice(rq_many),
+            per_call=100,
+        )
+    )
 
     # Ours, as a checkout calls it: the default producer connection (fail-fast timeout),
     # spool on (in a temp dir); validation inside the timing.
     producer = Producer(settings)
-    methods.append(Method(
-        "Producer.enqueue(validate_payment(...))", _fields(ops),
-        _sync_slice(lambda f: int(producer.enqueue(validate_payment(**f)).status != "queued")),
-        close=producer.close))
+    methods.append(
+        Method(
+            "Producer.enqueue(validate_payment(...))",
+            _fields(ops),
+            _sync_slice(lambda f: int(producer.enqueue(validate_payment(**f)).status != "queued")),
+            close=producer.close,
+        )
+    )
     default = configure(settings)
-    methods.append(Method(
-        "enqueue_payment(...) (module function)", _fields(ops),
-        _sync_slice(lambda f: int(ingest.enqueue_payment(**f).status != "queued")),
-        close=default.close))
+    methods.append(
+        Method(
+            "enqueue_payment(...) (module function)",
+            _fields(ops),
+            _sync_slice(lambda f: int(ingest.enqueue_payment(**f).status != "queued")),
+            close=default.close,
+        )
+    )
     bulk_producer = Producer(settings)
     payments = make_payments(ops)
-    methods.append(Method(
-        BULK_OURS, [payments[i : i + 100] for i in range(0, ops, 100)],
-        _sync_slice(lambda b: sum(r.status != "queued" for r in bulk_producer.enqueue_many(b))),
-        per_call=100, close=bulk_producer.close))
+    methods.append(
+        Method(
+            BULK_OURS,
+            [payments[i : i + 100] for i in range(0, ops, 100)],
+            _sync_slice(lambda b: sum(r.status != "queued" for r in bulk_producer.enqueue_many(b))),
+            per_call=100,
+            close=bulk_producer.close,
+        )
+    )
 
     fn = getattr(ingest, "enqueue_payment_async", None)
     producer_cls = getattr(ingest, "AsyncProducer", None)
@@ -521,10 +669,14 @@ def _methods(env: BenchEnv, ops: int, loop: asyncio.AbstractEventLoop) -> list[M
                 bad += receipt.status != "queued"
             return latencies, bad, clock() - start
 
-        methods.append(Method(
-            "enqueue_payment_async(...)", _fields(ops),
-            lambda items: loop.run_until_complete(run_async(items)),
-            close=lambda: loop.run_until_complete(async_producer.aclose())))
+        methods.append(
+            Method(
+                "enqueue_payment_async(...)",
+                _fields(ops),
+                lambda items: loop.run_until_complete(run_async(items)),
+                close=lambda: loop.run_until_complete(async_producer.aclose()),
+            )
+        )
     return methods
 
 
@@ -558,8 +710,9 @@ def enqueue_round(env: BenchEnv, ops: int, *, slices: int = 10) -> list[EnqueueR
                 run.events += len(part) * m.per_call
         out = list(runs.values())
         if not any(m.name.endswith("_async(...)") for m in methods):
-            out.append(EnqueueRun("enqueue_payment_async(...)", 0, 0, 0.0, [],
-                                  error="not in ingest"))
+            out.append(
+                EnqueueRun("enqueue_payment_async(...)", 0, 0, 0.0, [], error="not in ingest")
+            )
         return out
     finally:
         for m in methods:
@@ -571,31 +724,40 @@ def enqueue_round(env: BenchEnv, ops: int, *, slices: int = 10) -> list[EnqueueR
 def section_enqueue(env: BenchEnv, cfg: Config, report: Report) -> None:
     rounds: list[list[EnqueueRun]] = []
     for rep in range(cfg.repeats):
-        progress(f"[5] enqueue latency, round {rep + 1}/{cfg.repeats}: {cfg.enqueue_ops:,} "
-                 "calls per method")
+        progress(
+            f"[5] enqueue latency, round {rep + 1}/{cfg.repeats}: {cfg.enqueue_ops:,} "
+            "calls per method"
+        )
         runs = enqueue_round(env, cfg.enqueue_ops)
         for run in runs:
             s = run.summary()
-            progress(f"      {run.method}: p50 {s['p50_us']:.0f} us, p99 {s['p99_us']:.0f} us, "
-                     f"{s['throughput']:,.0f} events/s"
-                     + (f", {run.not_queued} NOT queued" if run.not_queued else "")
-                     + (f", error {run.error}" if run.error else ""))
+            progress(
+                f"      {run.method}: p50 {s['p50_us']:.0f} us, p99 {s['p99_us']:.0f} us, "
+                f"{s['throughput']:,.0f} events/s"
+                + (f", {run.not_queued} NOT queued" if run.not_queued else "")
+                + (f", error {run.error}" if run.error else "")
+            )
         rounds.append(runs)
     report.data["enqueue"] = [[r.summary() for r in runs] for runs in rounds]
 
     methods = [r.method for r in rounds[0]]
 
     def stat(method: str, key: str) -> Summary:
-        values = [r.summary()[key] for runs in rounds for r in runs
-                  if r.method == method and not r.error]
+        values = [
+            r.summary()[key] for runs in rounds for r in runs if r.method == method and not r.error
+        ]
         return _s([v for v in values if v == v])
 
     for method in (m for m in methods if m not in BASELINE_METHODS):
         bulk = method == BULK_OURS
         bases = (BULK_FLOOR, BULK_RQ) if bulk else (FLOOR, RQ_SINGLE)
         not_queued = sum(r.not_queued for runs in rounds for r in runs if r.method == method)
-        note = f"{not_queued} receipts not 'queued' (spooled: Redis slower than " \
-            "INGEST_PRODUCER_TIMEOUT, then the breaker)" if not_queued else ""
+        note = (
+            f"{not_queued} receipts not 'queued' (spooled: Redis slower than "
+            "INGEST_PRODUCER_TIMEOUT, then the breaker)"
+            if not_queued
+            else ""
+        )
         if stat(method, "throughput").n == 0:
             err = next((r.error for runs in rounds for r in runs if r.method == method), "")
             report.add(5, method, "-", [], note=err or "no data")
@@ -604,33 +766,58 @@ def section_enqueue(env: BenchEnv, cfg: Config, report: Report) -> None:
         latency_rows = []
         for base in bases:
             b50, b99 = stat(base, "p50_us"), stat(base, "p99_us")
-            latency_rows.append((
-                base, f"{b50.fmt(0)} / {b99.fmt(0)} us",
-                f"{ratio(p50.median, b50.median)} / {ratio(p99.median, b99.median)}",
-            ))
+            latency_rows.append(
+                (
+                    base,
+                    f"{b50.fmt(0)} / {b99.fmt(0)} us",
+                    f"{ratio(p50.median, b50.median)} / {ratio(p99.median, b99.median)}",
+                )
+            )
         unit = "per call of 100" if bulk else "per call"
-        report.add(5, f"{method}: p50 / p99 latency {unit}", f"{p50.fmt(0)} / {p99.fmt(0)} us",
-                   latency_rows, note)
+        report.add(
+            5,
+            f"{method}: p50 / p99 latency {unit}",
+            f"{p50.fmt(0)} / {p99.fmt(0)} us",
+            latency_rows,
+            note,
+        )
         ours = stat(method, "throughput")
-        report.add(5, f"{method}: events/s", ours.fmt(0), [
-            (base, stat(base, "throughput").fmt(0),
-             ratio(ours.median, stat(base, "throughput").median))
-            for base in bases
-        ])
+        report.add(
+            5,
+            f"{method}: events/s",
+            ours.fmt(0),
+            [
+                (
+                    base,
+                    stat(base, "throughput").fmt(0),
+                    ratio(ours.median, stat(base, "throughput").median),
+                )
+                for base in bases
+            ],
+        )
 
 
 # -- main -----------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="scaled down (backlog 20k, 1 repeat): a few minutes")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="runs per figure (default 3; 1 with --quick)")
-    parser.add_argument("--concurrency", type=int, default=None,
-                        help="our worker's INGEST_CONCURRENCY (default: the package default)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="scaled down (backlog 20k, 1 repeat): a few minutes"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="runs per figure (default 3; 1 with --quick)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="our worker's INGEST_CONCURRENCY (default: the package default)",
+    )
     parser.add_argument("--only", default="", help="comma-separated sections, e.g. 1,2")
     parser.add_argument("--json", type=Path, default=None, help="save every measurement here")
     return parser.parse_args(argv)
