@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .connection import connect
+from .deadletter import DEFAULT_REPLAY_RATE
 from .errors import ConfigurationError, IngestError
 from .settings import Settings, env_names
 
@@ -282,7 +283,7 @@ def dlq_show(dead_id: str, as_json: bool) -> None:
 @click.option(
     "--rate",
     type=float,
-    default=200.0,
+    default=DEFAULT_REPLAY_RATE,
     show_default=True,
     help="Events per second put back on the queue.",
 )
@@ -614,6 +615,11 @@ def import_(path: Path, as_json: bool) -> None:
         out.print(summary)
     if result.errors:
         raise SystemExit(EXIT_FAILURE)
+
+
+from .console.cli import console_command  # noqa: E402 - light: FastAPI loads on use
+
+cli.add_command(console_command)
 
 
 def accounting_table(data: dict[str, Any], *, title: str) -> Table:

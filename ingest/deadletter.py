@@ -24,6 +24,8 @@ from .producer import rq_timestamp
 from .scripts import PURGE, REPLAY
 
 _SCAN_CHUNK = 500
+# Events per second a replay puts back on the queue (CLI and console alike).
+DEFAULT_REPLAY_RATE = 200.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,6 +112,11 @@ class Settings(BaseSettings):
         default="127.0.0.1",
         description="Address the metrics endpoint binds (0.0.0.0 in a container).",
     )
+    console_token: SecretStr | None = Field(
+        default=None,
+        description="Token the operator console requires on every request (bearer header or "
+        "login form); required to bind an address other than loopback.",
+    )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
     @field_validator("website_id")
