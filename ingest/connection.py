@@ -17,11 +17,27 @@ from urllib.parse import unquote, urlsplit
 import redis
 import redis.asyncio
 import redis.asyncio.sentinel
+import redis.exceptions
 import redis.sentinel
 
 from .errors import ConfigurationError
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+# Answers with which Redis refuses a command for now, not for good: a primary without an
+# in-sync replica (min-replicas-to-write), a demoted primary, a script still running, a
+# server loading its data.
+_REFUSED_FOR_NOW = ("NOREPLICAS", "MASTERDOWN", "BUSY ", "TRYAGAIN", "LOADING")
+
+
+def redis_unavailable(exc: BaseException) -> bool:
+    """True for an error that means "Redis cannot take this now": down, restarting, failing
+    over, loading, full or short of replicas. Producers spool and workers back off on these;
+    anything else (a bug in a script, a wrong type) is raised, never hidden."""
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError | TimeoutError):
+        return True
+    if isinstance(exc, redis.exceptions.ReadOnlyError | redis.exceptions.OutOfMemoryError):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(_REFUSED_FOR_NOW)
 
 
 @dataclass(frozen=True, slots=True)

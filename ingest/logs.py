@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
@@ -41,17 +41,30 @@ def scrub(text: str) -> str:
     return _EMAIL_PATTERN.sub(REDACTED, _SECRET_PATTERN.sub(REDACTED, text))
 
 
+def _clean(value: Any) -> Any:
+    """``value`` with keys, tokens and emails scrubbed, however deeply it nests them."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, BaseException):
+        return scrub(f"{type(value).__name__}: {value}")
+    if isinstance(value, Mapping):
+        return {
+            k: REDACTED if str(k).lower() in _SENSITIVE_FIELDS else _clean(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_clean(v) for v in value]
+    return value
+
+
 def redact(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     for key in list(event_dict):
-        value = event_dict[key]
         if key.lower() in _SENSITIVE_FIELDS:
             event_dict[key] = REDACTED
-        elif isinstance(value, str):
-            event_dict[key] = scrub(value)
-        elif isinstance(value, BaseException):
-            event_dict[key] = scrub(f"{type(value).__name__}: {value}")
+        else:
+            event_dict[key] = _clean(event_dict[key])
     return event_dict
 
 
@@ -82,8 +95,29 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # RQ logs through the standard library; keep it to warnings in our processes.
-    logging.getLogger("rq").setLevel(max(numeric, logging.WARNING))
+    # RQ logs through the standard library. Give its logger a handler that renders through
+    # the same processors (JSON, redact): RQ then adds none of its plain-text handlers (it
+    # only does where no handler is found up the hierarchy). Warnings and up only.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                redact,
+                renderer,
+            ],
+        )
+    )
+    rq_logger = logging.getLogger("rq")
+    rq_logger.handlers[:] = [handler]
+    rq_logger.propagate = False
+    rq_logger.setLevel(max(numeric, logging.WARNING))
 
 
 def get_logger(**context: Any) -> Any:

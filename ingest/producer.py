@@ -21,18 +21,11 @@ import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
-from redis.exceptions import (
-    BusyLoadingError,
-    MasterDownError,
-    NoScriptError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    TryAgainError,
-)
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from . import keys, metrics
-from .connection import connect, connect_async
+from .connection import connect, connect_async, redis_unavailable
 from .errors import QueueUnavailableError, SpoolFullError, ValidationError
 from .logs import get_logger
 from .models import Payment, payment_from_mapping, validate_payment
@@ -145,20 +138,7 @@ class CircuitBreaker:
             self._open_until = self._clock() + self.cooldown
 
 
-# Errors that mean "Redis cannot take this now" (down, failing over, loading, full): the event
-# goes to the spool. Any other error (a bug in a script, a wrong type) is raised, never hidden.
 PRODUCER_POOL_SIZE = 100
-
-_UNAVAILABLE = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    ReadOnlyError,
-    BusyLoadingError,
-    OutOfMemoryError,
-    MasterDownError,
-    TryAgainError,
-    OSError,
-)
 
 
 def _raise_errors(results: list[Any]) -> None:
@@ -344,7 +324,9 @@ class Producer(_ProducerBase):
         keys_, args = self._script_call(payment)
         try:
             result = self._enqueue_script(keys=keys_, args=args)
-        except _UNAVAILABLE as exc:
+        except (redis.RedisError, OSError) as exc:
+            if not redis_unavailable(exc):
+                raise
             return self._spooled([payment], exc)[0]
         self._after_success()
         return self._receipt(payment, result)
@@ -365,7 +347,9 @@ class Producer(_ProducerBase):
                 for i, r in zip(missing, self._pipelined([batch[i] for i in missing]), strict=True):
                     results[i] = r
             _raise_errors(results)
-        except _UNAVAILABLE as exc:
+        except (redis.RedisError, OSError) as exc:
+            if not redis_unavailable(exc):
+                raise
             # Some may have reached Redis: spooling them too is safe, a flush reports them
             # as duplicates.
             return self._spooled(batch, exc)
@@ -435,7 +419,9 @@ class AsyncProducer(_ProducerBase):
                 self._enqueue_script(keys=keys_, args=args),
                 timeout=self.settings.producer_timeout * 2,
             )
-        except (*_UNAVAILABLE, TimeoutError) as exc:
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            if not redis_unavailable(exc):
+                raise
             return self._spooled([payment], exc)[0]
         self._after_success()
         return self._receipt(payment, result)
@@ -456,7 +442,9 @@ class AsyncProducer(_ProducerBase):
                 for i, r in zip(missing, again, strict=True):
                     results[i] = r
             _raise_errors(results)
-        except (*_UNAVAILABLE, TimeoutError) as exc:
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            if not redis_unavailable(exc):
+                raise
             return self._spooled(batch, exc)
         self._after_success()
         return [self._receipt(p, r) for p, r in zip(batch, results, strict=True)]

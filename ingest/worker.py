@@ -1,7 +1,7 @@
 """The RQ worker that keeps many payments in flight at once.
 
 :class:`IngestWorker` is an ``rq.SimpleWorker``: it registers, heartbeats and dies like any
-RQ worker (``rq info`` lists it, ``rq suspend`` pauses it, ``rq shutdown`` stops it), and its
+RQ worker (``rq info`` lists it, ``rq suspend`` pauses it, RQ's ``send_shutdown_command`` stops it), and its
 events are RQ jobs in RQ's queue and registries. What it changes is the work loop: instead of
 one job at a time, an asyncio loop keeps up to ``INGEST_CONCURRENCY`` POSTs in flight over one
 pooled HTTP client, and claims and acknowledges events in batches with one Lua call each
@@ -38,7 +38,7 @@ from rq.suspension import is_suspended
 from rq.worker import WorkerStatus
 
 from . import keys, metrics
-from .connection import connect, connect_async
+from .connection import connect, connect_async, redis_unavailable
 from .delivery import Outcome, PaymentsClient, Verdict, build_transport
 from .keys import text
 from .logs import get_logger, scrub
@@ -398,8 +398,11 @@ class IngestWorker(SimpleWorker):
                             await asyncio.wait_for(wake.wait(), timeout=0.25)
                         # Let more requests finish so they are acknowledged together.
                         await asyncio.sleep(_TICK)
-                except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                    # Redis is down or restarting: keep what we hold, back off, try again.
+                except (redis.RedisError, OSError) as exc:
+                    if not redis_unavailable(exc):
+                        raise
+                    # Redis is down, restarting or refusing writes for now: keep what we
+                    # hold, back off, try again.
                     # Leases may run out meanwhile; then another worker re-sends those events
                     # and our late acknowledgements are skipped (the API dedups the resend).
                     redis_backoff = min(5.0, max(0.1, redis_backoff * 2))
