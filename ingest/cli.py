@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 failure, 2 usage error.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -409,13 +410,7 @@ def spool_flush(as_json: bool) -> None:
         result = producer.flush_spool()
     finally:
         producer.close()
-    data = {
-        "files": result.files,
-        "events": result.events,
-        "queued": result.queued,
-        "duplicates": result.duplicates,
-        "quarantined": result.quarantined,
-    }
+    data = dataclasses.asdict(result)
     if as_json:
         click.echo(json.dumps(data))
     else:
@@ -511,14 +506,7 @@ def delete(
         website_id=website_id,
         settings=settings,
     )
-    data = {
-        "request": result.request,
-        "api_status": result.api_status,
-        "api_message": result.api_message,
-        "erased": result.erased,
-        "erased_total": result.erased_total,
-        "in_flight": result.in_flight,
-    }
+    data = {**dataclasses.asdict(result), "erased_total": result.erased_total}
     if as_json:
         click.echo(json.dumps(data))
         return

@@ -1,11 +1,12 @@
 """The RQ worker that keeps many payments in flight at once.
 
 :class:`IngestWorker` is an ``rq.SimpleWorker``: it registers, heartbeats and dies like any
-RQ worker (``rq info`` lists it, ``rq suspend`` pauses it, RQ's ``send_shutdown_command`` stops it), and its
-events are RQ jobs in RQ's queue and registries. What it changes is the work loop: instead of
-one job at a time, an asyncio loop keeps up to ``INGEST_CONCURRENCY`` POSTs in flight over one
-pooled HTTP client, and claims and acknowledges events in batches with one Lua call each
-(:mod:`ingest.scripts`), which is what RQ's per-job bookkeeping (~57 commands a job) cannot do.
+RQ worker (``rq info`` lists it, ``rq suspend`` pauses it, RQ's ``send_shutdown_command``
+stops it), and its events are RQ jobs in RQ's queue and registries. What it changes is the
+work loop: instead of one job at a time, an asyncio loop keeps up to ``INGEST_CONCURRENCY``
+POSTs in flight over one pooled HTTP transport, and claims and acknowledges events in
+batches with one Lua call each (:mod:`ingest.scripts`), which RQ's per-job bookkeeping (~57
+commands a job) cannot do.
 
 The loop, top to bottom:
 
