@@ -61,7 +61,7 @@ class DeleteRequest:
         return f"DELETE {settings.api_url}{PAYMENTS_PATH}?{urlencode(params)}"
 
     def matches(self, body: dict[str, Any], website: str | None) -> bool:
-        if self.website_id and website and website != self.website_id:
+        if self.website_id and website not in (None, keys.DEFAULT_SITE, self.website_id):
             return False
         if self.transaction_id and body.get("transaction_id") != self.transaction_id:
             return False

@@ -50,6 +50,11 @@ RQ_QUEUES = "rq:queues"
 JOB_PREFIX = "rq:job:"
 
 
+# The website of events sent with a df_ key (which names its own website): the value of a
+# job's ``website`` field, and the name its auth pause and parked list go by.
+DEFAULT_SITE = "-"
+
+
 def text(value: bytes | str) -> str:
     """redis-py answers bytes or str depending on the client: narrow it here, once."""
     return value.decode() if isinstance(value, bytes) else value

@@ -188,7 +188,7 @@ class _ProducerBase:
             job_data(payment),
             rq_timestamp(now),
             self.settings.queue,
-            payment.website_id or "",
+            payment.website_id or keys.DEFAULT_SITE,
             f"{kind} {payment.transaction_id}",
             "1" if payment.refunded else "0",
             now.timestamp(),

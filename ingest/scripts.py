@@ -68,7 +68,7 @@ for _, id in ipairs(ids) do
   local key = ARGV[5] .. id
   local f = redis.call('HMGET', key, 'data', 'website', 'attempts', 'history')
   if f[1] then
-    local website = f[2] or ''
+    local website = f[2] or '-'  -- keys.DEFAULT_SITE
     if any_paused and redis.call('HEXISTS', KEYS[4], website) == 1 then
       redis.call('RPUSH', ARGV[6] .. website, id)
       redis.call('HSET', key, 'status', 'parked')
@@ -215,7 +215,7 @@ for i = 4, #ARGV do
       'created_at', rec['created_at'] or ARGV[2], 'enqueued_at', ARGV[2],
       'origin', ARGV[3], 'status', 'queued',
       'description', rec['description'] or '', 'result_ttl', '0', 'timeout', '60',
-      'website', rec['website'] or '', 'attempts', '0', 'history', rec['history_json'] or '')
+      'website', rec['website'] or '-', 'attempts', '0', 'history', rec['history_json'] or '')
     redis.call('RPUSH', KEYS[3], id)
     redis.call('HDEL', KEYS[1], id)
     redis.call('ZREM', KEYS[2], id)
@@ -265,7 +265,7 @@ if status == 'started' then return 'in_flight' end
 redis.call('LREM', KEYS[1], 0, id)
 redis.call('ZREM', KEYS[2], id)
 redis.call('ZREM', KEYS[3], id)
-redis.call('LREM', ARGV[2] .. (f[2] or ''), 0, id)
+redis.call('LREM', ARGV[2] .. (f[2] or '-'), 0, id)
 redis.call('DEL', key)
 redis.call('HINCRBY', KEYS[6], 'erased', 1)
 return status

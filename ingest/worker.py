@@ -41,14 +41,13 @@ from rq.worker import WorkerStatus
 from . import keys, metrics
 from .connection import connect, connect_async, redis_unavailable
 from .delivery import Outcome, PaymentsClient, Verdict, build_transport
-from .keys import text
+from .keys import DEFAULT_SITE, text
 from .logs import get_logger, scrub
 from .retry import RandomSource, RetryPolicy, utc_iso
 from .scripts import ACK, CLAIM, RECLAIM, UNPAUSE
 from .settings import Settings
 from .throttle import AdaptiveLimiter
 
-DEFAULT_SITE = "-"  # the website field of events sent with the key's own website (df_ keys)
 _CLAIM_FIELDS = 5
 _IDLE_POLL = 0.1  # seconds between claims while the queue is empty
 _TICK = 0.005  # batch window: finished requests are acknowledged together
@@ -228,7 +227,11 @@ class IngestWorker(SimpleWorker):
         try:
             asyncio.run(self._run(burst))
         finally:
-            self.teardown()  # type: ignore[no-untyped-call]
+            try:
+                self.teardown()  # type: ignore[no-untyped-call]
+            except redis.RedisError as exc:
+                # RQ forgets the worker when its key expires (worker_ttl).
+                self._log.warning("could not deregister from redis", error=type(exc).__name__)
         self._log.info("worker stopped", **_summary(self.counts))
         return self.counts.claimed > 0
 
@@ -357,11 +360,13 @@ class IngestWorker(SimpleWorker):
         try:
             while True:
                 try:
+                    # First: while Redis is down housekeeping raises on every pass, and a
+                    # stop request must still end the loop.
+                    if self._stop_requested:
+                        break
                     if self._clock() >= next_housekeeping:
                         await housekeeping()
                         next_housekeeping = self._clock() + housekeeping_every
-                    if self._stop_requested:
-                        break
                     claimed_now = 0
                     free = 0 if self._suspended else limiter.free_slots()
                     if free > 0:
@@ -380,6 +385,12 @@ class IngestWorker(SimpleWorker):
                         )
                         for i in range(0, len(rows), _CLAIM_FIELDS):
                             claimed = Claimed.from_claim(rows[i : i + _CLAIM_FIELDS])
+                            if claimed.job_id in held:
+                                # Our own request for it is still out (its lease ran out
+                                # and it was put back): CLAIM renewed our lease, and that
+                                # request's answer settles it. Sending again would let the
+                                # older answer be applied to the newer claim.
+                                continue
                             held[claimed.job_id] = claimed
                             limiter.take(1)
                             in_flight[claimed.job_id] = asyncio.create_task(deliver(claimed))
@@ -412,7 +423,9 @@ class IngestWorker(SimpleWorker):
                         error=type(exc).__name__,
                         retry_in=redis_backoff,
                     )
-                    await asyncio.sleep(redis_backoff)
+                    stop_by = time.monotonic() + redis_backoff
+                    while not self._stop_requested and time.monotonic() < stop_by:
+                        await asyncio.sleep(0.05)
             await self._shutdown_gracefully(in_flight, held, finished, flush)
         finally:
             await client.aclose()
@@ -436,13 +449,24 @@ class IngestWorker(SimpleWorker):
         for job_id in list(held):
             if job_id not in done_ids:
                 finished.append(["return", job_id])
-        for attempt in range(20):
+        # Hand back within the grace period (at least one try): whatever cannot be written
+        # back returns by itself when its lease expires, so waiting longer buys nothing.
+        write_back_until = max(deadline, time.monotonic() + 1.0)
+        attempt = 0
+        while True:
             try:
                 await flush()
                 break
             except (redis.ConnectionError, redis.TimeoutError, OSError):
-                # Whatever cannot be written back returns by itself when its lease expires.
-                await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+                if self._stop_now or time.monotonic() >= write_back_until:
+                    self._log.warning(
+                        "redis unavailable at shutdown: events in hand return when their "
+                        "leases expire",
+                        count=len(finished),
+                    )
+                    break
+                await asyncio.sleep(min(0.5, 0.1 * 2**attempt))
+                attempt += 1
 
     async def _drained(self, aconn: redis.asyncio.Redis) -> bool:
         k = self.keys
