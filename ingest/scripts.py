@@ -10,35 +10,36 @@ duplicate? does the worker still hold its lease?), which a transaction cannot do
 from __future__ import annotations
 
 # Enqueue one event, or report it as a duplicate.
-# KEYS: 1 rq:job:{id}  2 rq:queue:{q}  3 rq:queues  4 ingest:{q}:stats  5 ingest:{q}:done:{id}
-#       6 ingest:{q}:dead  7 rq:job:{payment id}  8 rq:job:{payment id}:dependents
-#       9 rq:deferred:{q}
+# KEYS: 1 rq:job:{id}  2 rq:queue:{q}  3 ingest:{q}:stats  4 ingest:{q}:done:{id}
+#       5 ingest:{q}:dead  6 rq:job:{payment id}  7 rq:deferred:{q}
+#       (and rq:job:{payment id}:dependents, derived from KEYS[6], for a deferred refund)
 # ARGV: 1 id  2 data  3 now (ISO)  4 queue name  5 website  6 description  7 "1" if refund
 #       8 now (unix)
 # Returns 1 queued, 2 deferred (a refund waiting for its payment), 0 duplicate.
+# This is the checkout's hot path: every argument costs latency, so the queue is entered in
+# RQ's ``rq:queues`` set by the worker at start and by REPLAY, not on every enqueue.
 # A refund whose payment is still in the system (queued, in flight, scheduled for retry) waits
 # in RQ's deferred registry and is released when that payment is delivered or dead-lettered.
 ENQUEUE = """
-if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[5]) == 1
-   or redis.call('HEXISTS', KEYS[6], ARGV[1]) == 1 then
-  redis.call('HINCRBY', KEYS[4], 'duplicates', 1)
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[4]) == 1
+   or redis.call('HEXISTS', KEYS[5], ARGV[1]) == 1 then
+  redis.call('HINCRBY', KEYS[3], 'duplicates', 1)
   return 0
 end
 local status = 'queued'
-if ARGV[7] == '1' and redis.call('EXISTS', KEYS[7]) == 1 then
+if ARGV[7] == '1' and redis.call('EXISTS', KEYS[6]) == 1 then
   status = 'deferred'
 end
 redis.call('HSET', KEYS[1], 'data', ARGV[2], 'created_at', ARGV[3], 'enqueued_at', ARGV[3],
   'origin', ARGV[4], 'status', status, 'description', ARGV[6], 'result_ttl', '0',
   'timeout', '60', 'website', ARGV[5], 'attempts', '0')
-redis.call('HINCRBY', KEYS[4], 'enqueued', 1)
+redis.call('HINCRBY', KEYS[3], 'enqueued', 1)
 if status == 'deferred' then
-  redis.call('SADD', KEYS[8], ARGV[1])
-  redis.call('ZADD', KEYS[9], ARGV[8], ARGV[1])
+  redis.call('SADD', KEYS[6] .. ':dependents', ARGV[1])
+  redis.call('ZADD', KEYS[7], ARGV[8], ARGV[1])
   return 2
 end
 redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('SADD', KEYS[3], KEYS[2])
 return 1
 """
 

@@ -217,6 +217,7 @@ class IngestWorker(SimpleWorker):
         a website paused for an auth failure stay parked in Redis and are reported.
         """
         self.bootstrap(logging_level or "WARNING")
+        self.connection.sadd(keys.RQ_QUEUES, self.keys.queue)  # so `rq info` lists it
         self._install_signal_handlers()
         self.set_state(WorkerStatus.BUSY)
         if self.settings.metrics_port is not None:
