@@ -195,13 +195,13 @@ def _watch(
         transient=False,
     ) as progress:
         task = progress.add_task("deliver", total=accounting.enqueued, rate=0.0, dead=0)
-        last, last_at = 0, time.monotonic()
+        started = time.monotonic()
         while time.monotonic() < deadline:
             accounting = read_accounting(connection, settings.queue)
             done = accounting.delivered + accounting.dead
             now = time.monotonic()
-            rate = (accounting.delivered - last) / max(1e-6, now - last_at)
-            last, last_at = accounting.delivered, now
+            # Average since the workers started: a per-poll rate jumps around on 2 cores.
+            rate = accounting.delivered / max(1e-6, now - started)
             progress.update(task, completed=done, rate=rate, dead=accounting.dead)
             if accounting.in_system == 0:
                 break
