@@ -64,10 +64,6 @@ def job_key(job_id: str) -> str:
     return f"{JOB_PREFIX}{job_id}"
 
 
-def dependents_key(job_id: str) -> str:
-    return f"{JOB_PREFIX}{job_id}:dependents"
-
-
 @dataclass(frozen=True, slots=True)
 class QueueKeys:
     """The keys of one named queue."""
@@ -131,17 +127,3 @@ class QueueKeys:
     @property
     def rate(self) -> str:
         return f"ingest:{self.name}:rate"
-
-
-STAT_FIELDS = (
-    "enqueued",
-    "duplicates",
-    "delivered",
-    "api_duplicates",
-    "retried",
-    "dead_lettered",
-    "replayed",
-    "purged",
-    "erased",
-    "rejected",
-)
