@@ -277,10 +277,10 @@ class IngestWorker(SimpleWorker):
         async def deliver(claimed: Claimed) -> None:
             started = time.perf_counter()
             try:
-                outcome = await asyncio.wait_for(
-                    client.send(claimed.body, claimed.website_id),
-                    timeout=self.settings.request_timeout + 5,
-                )
+                # A deadline over the transport's per-phase timeouts; asyncio.timeout rather
+                # than wait_for, which would start one more task for every request.
+                async with asyncio.timeout(self.settings.request_timeout + 5):
+                    outcome = await client.send(claimed.body, claimed.website_id)
             except TimeoutError:
                 outcome = Outcome(Verdict.TRANSIENT, None, "request exceeded its deadline")
             except Exception as exc:  # never lose an event to a bug in a send path
