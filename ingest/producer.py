@@ -506,7 +506,19 @@ class AsyncProducer(_ProducerBase):
 
 _default: Producer | None = None
 _default_async: AsyncProducer | None = None
+# Guards building the defaults. Never held while calling anything that takes it again:
+# configure() and default_producer() each take it once (a threading.Lock is not reentrant,
+# and a first enqueue_payment() that called configure() under it hung forever).
 _default_lock = threading.Lock()
+
+
+def _reset_lock_after_fork() -> None:
+    # A fork while another thread held the lock would leave the child's copy locked forever.
+    global _default_lock
+    _default_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_lock_after_fork)
 
 
 def configure(
@@ -514,27 +526,36 @@ def configure(
 ) -> Producer:
     """Set the producer that :func:`enqueue_payment` uses (default: from the environment)."""
     global _default, _default_async
+    producer = Producer(settings, connection=connection)
     with _default_lock:
-        _default = Producer(settings, connection=connection)
+        _default = producer
         _default_async = None
-        return _default
-
-
-def default_producer() -> Producer:
-    producer = _default
-    if producer is None:
-        with _default_lock:
-            if _default is None:
-                return configure()
-            return _default
     return producer
 
 
+def default_producer() -> Producer:
+    """The producer :func:`enqueue_payment` uses: built from the environment on first use,
+    exactly once however many threads make that first call together."""
+    global _default
+    producer = _default
+    if producer is not None:
+        return producer
+    with _default_lock:
+        if _default is None:
+            _default = Producer()
+        return _default
+
+
 def default_async_producer() -> AsyncProducer:
+    """The asyncio twin of :func:`default_producer`, sharing its settings when configured."""
     global _default_async
-    if _default_async is None:
-        _default_async = AsyncProducer(_default.settings if _default else None)
-    return _default_async
+    producer = _default_async
+    if producer is not None:
+        return producer
+    with _default_lock:
+        if _default_async is None:
+            _default_async = AsyncProducer(_default.settings if _default else None)
+        return _default_async
 
 
 def _validated(fields: dict[str, Any]) -> Payment:
