@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import threading
@@ -89,6 +90,18 @@ def rq_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
+# redis-py opens every connection with CLIENT SETINFO (library name and version): one more
+# round trip inside the producer's few-millisecond budget. A burst of first calls in a fresh
+# process (an async app's first requests, each opening a pooled connection) then overran the
+# timeout and spooled about a third of its events on a healthy Redis. redis-py 8 turns it off
+# with driver_info=None (lib_name is deprecated there); redis-py 7 with lib_name=None.
+NO_HANDSHAKE: dict[str, Any] = (
+    {"driver_info": None}
+    if importlib.util.find_spec("redis.driver_info")
+    else {"lib_name": None, "lib_version": None}
+)
+
+
 def producer_connection(settings: Settings) -> redis.Redis:
     """A connection that fails fast: a hung Redis costs a checkout milliseconds, not seconds.
 
@@ -102,6 +115,7 @@ def producer_connection(settings: Settings) -> redis.Redis:
         socket_connect_timeout=settings.producer_timeout,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
+        **NO_HANDSHAKE,
     )
 
 
@@ -428,6 +442,7 @@ class AsyncProducer(_ProducerBase):
             socket_connect_timeout=self.settings.producer_timeout,
             retry=AsyncRetry(NoBackoff(), 0),
             health_check_interval=0,
+            **NO_HANDSHAKE,
         )
 
     def _bind(self) -> None:
