@@ -1,7 +1,11 @@
-"""structlog configuration, done once by an entry point; library code only asks for a logger.
+"""Logging: library code speaks through the standard library; entry points render JSON.
 
-A redaction processor runs last before rendering, so no log line carries the API key, an
-email or a name, whoever bound it and however it was spelled.
+Code that runs inside a host app (the producer, the spool) logs to ``logging.getLogger(
+"ingest")``, which carries a ``NullHandler``: the host's handlers and levels decide what is
+shown, and the library never prints by itself. Entry points (the worker, the CLI, the
+console) call :func:`configure_logging`, which renders the same records, and RQ's, as JSON
+lines on stderr through structlog. Either way every line is redacted before it leaves
+:class:`Logger`: no API key, email or name, whoever bound it and however it was spelled.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-import structlog
+LOGGER_NAME = "ingest"
+# Without a handler of its own, a record the host does not handle reaches logging's "last
+# resort" handler and is printed to stderr: a library must not speak unless asked.
+logging.getLogger(LOGGER_NAME).addHandler(logging.NullHandler())
 
 # Fields whose values are personal data or credentials: dropped to a placeholder.
 _SENSITIVE_FIELDS = frozenset(
@@ -68,8 +75,82 @@ def redact(
     return event_dict
 
 
+class _Message:
+    """``event key=value ...``, built only if a handler formats the record."""
+
+    __slots__ = ("event", "fields")
+
+    def __init__(self, event: str, fields: Mapping[str, Any]) -> None:
+        self.event = event
+        self.fields = fields
+
+    def __str__(self) -> str:
+        pairs = " ".join(f"{key}={value!r}" for key, value in self.fields.items())
+        return f"{self.event} {pairs}" if pairs else self.event
+
+
+class Logger:
+    """Structured calls, ``log.warning("spool flushed", events=3)``, on a stdlib logger.
+
+    A host's formatter sees the message ``spool flushed events=3``; a structured renderer
+    (:func:`configure_logging`) finds the event and its fields on the record as
+    ``ingest_event`` and ``ingest_fields``. Both are redacted.
+    """
+
+    __slots__ = ("_context", "_logger")
+
+    def __init__(self, logger: logging.Logger, context: Mapping[str, Any]) -> None:
+        self._logger = logger
+        self._context = dict(context)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log(logging.DEBUG, event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log(logging.WARNING, event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log(logging.ERROR, event, fields)
+
+    def _log(self, level: int, event: str, fields: Mapping[str, Any]) -> None:
+        if not self._logger.isEnabledFor(level):
+            return
+        clean = dict(redact(None, "", {**self._context, **fields}))
+        event = scrub(event)
+        self._logger.log(
+            level,
+            "%s",
+            _Message(event, clean),
+            extra={"ingest_event": event, "ingest_fields": clean},
+            stacklevel=3,  # the caller's line, not this method's
+        )
+
+
+def get_logger(name: str = LOGGER_NAME, **context: Any) -> Logger:
+    """A logger under ``ingest`` carrying ``context`` on every line."""
+    return Logger(logging.getLogger(name), context)
+
+
+def _ingest_fields(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    # A record from Logger carries its event and fields apart: render them as JSON keys.
+    record = event_dict.get("_record")
+    fields = getattr(record, "ingest_fields", None)
+    if fields is not None:
+        event_dict["event"] = record.ingest_event  # type: ignore[union-attr]
+        event_dict.update(fields)
+    return event_dict
+
+
 def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
-    """JSON lines when output is not a terminal, readable console output when it is."""
+    """For entry points: JSON lines on stderr when it is not a terminal, readable lines when
+    it is; the ``ingest`` and ``rq`` loggers render through the same redaction."""
+    import structlog  # only entry points pay for it: importing ingest stays light
+
     if json is None:
         json = not sys.stderr.isatty()
     numeric = logging.getLevelName(level.upper())
@@ -80,47 +161,28 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
         if json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            # Exceptions are formatted as plain text (never with local variables, which could
-            # hold a key or a payment) and then scrubbed by redact().
-            structlog.processors.format_exc_info,
-            redact,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
-    )
-    # RQ logs through the standard library. Give its logger a handler that renders through
-    # the same processors (JSON, redact): RQ then adds none of its plain-text handlers (it
-    # only does where no handler is found up the hierarchy). Warnings and up only.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[
-                structlog.stdlib.add_logger_name,
+                _ingest_fields,
                 structlog.processors.add_log_level,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
             ],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                # Exceptions as plain text (never with local variables, which could hold a
+                # key or a payment), then scrubbed by redact().
                 structlog.processors.format_exc_info,
                 redact,
                 renderer,
             ],
         )
     )
-    rq_logger = logging.getLogger("rq")
-    rq_logger.handlers[:] = [handler]
-    rq_logger.propagate = False
-    rq_logger.setLevel(max(numeric, logging.WARNING))
-
-
-def get_logger(**context: Any) -> Any:
-    # Not .bind(): that would build the logger now, with structlog's defaults, before an
-    # entry point had a chance to configure it (and its redaction).
-    return structlog.get_logger("ingest", **context)
+    # RQ adds plain-text handlers of its own only where it finds none up the hierarchy;
+    # ours renders its lines as JSON too. Warnings and up only from RQ.
+    for name, threshold in ((LOGGER_NAME, numeric), ("rq", max(numeric, logging.WARNING))):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+        logger.setLevel(threshold)

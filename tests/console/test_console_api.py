@@ -3,12 +3,12 @@ replay and purge, masking, paused websites."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import pytest
 import redis
-from structlog.testing import capture_logs
 
 from ingest import keys
 from ingest.console.config import ConsoleOptions
@@ -225,7 +225,7 @@ async def test_purge_needs_confirmation(make_console: Any, redis_client: redis.R
 
 
 async def test_emails_and_names_are_masked_until_revealed(
-    make_console: Any, redis_client: redis.Redis
+    make_console: Any, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     [dead_id] = seed(
         redis_client,
@@ -235,7 +235,7 @@ async def test_emails_and_names_are_masked_until_revealed(
         masked = await console.get(f"/api/dead-letters/{dead_id}")
         page = await console.get(f"/dead-letters/{dead_id}")
         listing = await console.get("/dead-letters")
-        with capture_logs() as logs:
+        with caplog.at_level(logging.INFO, logger="ingest"):
             revealed = await console.post_json(f"/api/dead-letters/{dead_id}/reveal", None)
             revealed_page = await console.post_form(f"/dead-letters/{dead_id}/reveal", {})
     event = masked.json()["event"]
@@ -248,7 +248,11 @@ async def test_emails_and_names_are_masked_until_revealed(
     assert revealed.json()["event"]["email"] == "jane.doe@example.com"
     assert "jane.doe@example.com" in revealed_page.text
     assert "Jane Doe" in revealed_page.text
-    reveals = [e for e in logs if e["event"] == "personal data revealed in the console"]
+    reveals = [
+        r.ingest_fields  # type: ignore[attr-defined]
+        for r in caplog.records
+        if getattr(r, "ingest_event", None) == "personal data revealed in the console"
+    ]
     assert len(reveals) == 2
     assert reveals[0]["dead_letter"] == dead_id
 
