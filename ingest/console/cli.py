@@ -14,6 +14,7 @@ import click
 
 from ingest.deadletter import DEFAULT_REPLAY_RATE
 from ingest.errors import ConfigurationError
+from ingest.extras import require
 
 from .config import (
     DEFAULT_HOST,
@@ -50,6 +51,7 @@ def load_console_settings() -> ConsoleSettings:
     help="Events per second a replay puts back on the queue (as `ingest dlq replay --rate`).",
 )
 def console_command(host: str, port: int, read_only: bool, replay_rate: float) -> None:
+    require("console", "ingest console")
     settings = load_console_settings()
     check_bind(host, settings.console_token)
 

@@ -30,7 +30,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest.logs import get_logger
@@ -110,6 +109,21 @@ def session_cookie_value(token: str) -> str:
 
 def _equal(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
+
+
+def parse_cookies(header: str) -> dict[str, str]:
+    """A ``Cookie`` header as name -> value, leniently, as Starlette's ``request.cookies``
+    reads it (a later pair of the same name wins; surrounding quotes dropped). Ours, not
+    Starlette's undocumented ``cookie_parser``, which tied the console to one Starlette."""
+    cookies: dict[str, str] = {}
+    for pair in header.split(";"):
+        name, _, value = pair.partition("=") if "=" in pair else ("", "", pair)
+        name, value = name.strip(), value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        if name or value:
+            cookies[name] = value
+    return cookies
 
 
 class CsrfTokens:
@@ -199,7 +213,7 @@ class ConsoleGuard:
             await self.app(scope, receive, send)
             return
         headers = _headers(scope)
-        cookies = cookie_parser(headers.get("cookie", ""))
+        cookies = parse_cookies(headers.get("cookie", ""))
         path: str = scope["path"]
         method: str = scope["method"]
         secure = scope.get("scheme") == "https"

@@ -77,11 +77,17 @@ def _reports(stdout: str) -> list[dict[str, Any]]:
 
 
 def run_fresh(
-    code: str, env: dict[str, str], cwd: Path, *, stdin: str = "", timeout: float = 60
+    code: str,
+    env: dict[str, str],
+    cwd: Path,
+    *,
+    stdin: str = "",
+    timeout: float = 60,
+    python: str = sys.executable,
 ) -> FreshRun:
-    """Run ``PRELUDE + code`` in a new interpreter with exactly ``env``."""
+    """Run ``PRELUDE + code`` in a new interpreter (``python``) with exactly ``env``."""
     result = subprocess.run(
-        [sys.executable, "-c", PRELUDE + code],
+        [python, "-c", PRELUDE + code],
         env=env,
         cwd=cwd,
         input=stdin,
