@@ -226,7 +226,12 @@ def _assert_each_checkout_queued_once(
     # the producer moves it to the queue by itself, and the count below waits for that.
     accepted = [(200, {"status": "queued"}), (200, {"status": "spooled"})]
     assert all(answer in accepted for answer in answers[:REQUESTS]), answers
-    assert answers[REQUESTS][1]["status"] in {"duplicate", "spooled"}
+    # The repeat is refused as a duplicate, unless its original still sat in the spool: then
+    # either may reach Redis first, and the other is the duplicate (counted below).
+    if answers[0][1]["status"] == "queued":
+        assert answers[REQUESTS][1]["status"] == "duplicate"
+    else:
+        assert answers[REQUESTS][1]["status"] in {"queued", "duplicate", "spooled"}
     assert answers[REQUESTS + 1][0] == 422
     assert "amount" in answers[REQUESTS + 1][1]["error"]
     expected = {f"web-{n}" for n in range(REQUESTS)}
