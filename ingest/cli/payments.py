@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -43,15 +44,17 @@ def delete(
     from ingest.erasure import build_request, delete_payments
 
     settings = load_settings()
+    # Checked here first (a usage error), then built again by delete_payments.
+    criteria: dict[str, Any] = {
+        "transaction_id": transaction_id,
+        "visitor_id": visitor_id,
+        "start": start,
+        "end": end,
+        "all_time": all_time,
+        "website_id": website_id,
+    }
     try:
-        request = build_request(
-            transaction_id=transaction_id,
-            visitor_id=visitor_id,
-            start=start,
-            end=end,
-            all_time=all_time,
-            website_id=website_id,
-        )
+        request = build_request(**criteria)
     except IngestError as exc:
         raise click.UsageError(str(exc)) from exc
     described = request.describe(settings)
@@ -66,15 +69,7 @@ def delete(
             "matching queued events?",
             abort=True,
         )
-    result = delete_payments(
-        transaction_id=transaction_id,
-        visitor_id=visitor_id,
-        start=start,
-        end=end,
-        all_time=all_time,
-        website_id=website_id,
-        settings=settings,
-    )
+    result = delete_payments(**criteria, settings=settings)
     data = {**dataclasses.asdict(result), "erased_total": result.erased_total}
     if as_json:
         click.echo(json.dumps(data))
