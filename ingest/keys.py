@@ -86,10 +86,6 @@ class QueueKeys:
     def deferred(self) -> str:
         return f"rq:deferred:{self.name}"
 
-    @property
-    def prefix(self) -> str:
-        return f"ingest:{self.name}:"
-
     def done(self, job_id: str) -> str:
         return f"ingest:{self.name}:done:{job_id}"
 

@@ -182,6 +182,20 @@ def worker_environment(
     return env
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout: float) -> int:
+    """Stop a child ``python -m ingest ...``: SIGTERM (a worker finishes or returns what is
+    in flight), then SIGKILL if it is still running after ``timeout`` seconds. Returns its
+    exit code; a child that already exited is left alone."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 @dataclass
 class WorkerProcess:
     """One ``python -m ingest worker`` child; its stdout and stderr go to ``log``."""
@@ -202,15 +216,7 @@ class WorkerProcess:
             )
 
     def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM (finish or return what is in flight), then SIGKILL if it hangs."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout)
 
 
 def spawn_worker(

@@ -24,6 +24,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import redis
+from conftest import stop_process
 
 from ingest import keys
 from ingest.deadletter import DeadLetter, DeadLetterStore
@@ -171,15 +172,7 @@ class WorkerProcess:
             ) from None
 
     def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM (finish or return what is in flight), SIGKILL if it hangs."""
-        if self.running:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout)
 
 
 def _die_with_pytest() -> Callable[[], None] | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import stop_process
 
 from ingest.connection import connect
 from ingest.embedded import RedisServer
@@ -124,14 +124,7 @@ class Process:
             pytest.fail(f"still running after {timeout} s:\n{self.output()}")
 
     def stop(self, timeout: float = 20.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout)
 
 
 SpawnIngest = Callable[..., Process]

@@ -5,7 +5,6 @@ Plain functions (the fixtures live in ``conftest.py``). Every wait here is bound
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
@@ -72,146 +72,11 @@ def redis_conf() -> dict[str, str]:
     return settings
 
 
-# -- a small YAML reader for docker-compose.yml ---------------------------------------------------
-# PyYAML is not a dependency of this project, and docker-compose v1 cannot print JSON. This
-# reads the subset of YAML our compose file uses: block mappings and sequences, one-line flow
-# sequences, plain and quoted scalars, comments, and `&anchor` / `<<: *anchor` merges.
-
-
-class YamlSubsetError(ValueError):
-    pass
-
-
-def load_yaml(text: str) -> Any:
-    lines: list[tuple[int, str, int]] = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        stripped = _strip_comment(raw).rstrip()
-        if stripped.strip():
-            lines.append((len(stripped) - len(stripped.lstrip(" ")), stripped.strip(), number))
-    anchors: dict[str, Any] = {}
-    value, end = _block(lines, 0, 0, anchors)
-    if end != len(lines):
-        raise YamlSubsetError(f"line {lines[end][2]}: unexpected indentation")
-    return value
-
-
-def _strip_comment(line: str) -> str:
-    quote: str | None = None
-    for i, char in enumerate(line):
-        if quote:
-            if char == quote:
-                quote = None
-        elif char in "'\"":
-            quote = char
-        elif char == "#" and (i == 0 or line[i - 1] in " \t"):
-            return line[:i]
-    return line
-
-
-def _block(lines: list[tuple[int, str, int]], i: int, indent: int, anchors: dict[str, Any]) -> Any:
-    if lines[i][1].startswith("- ") or lines[i][1] == "-":
-        return _sequence(lines, i, indent, anchors)
-    return _mapping(lines, i, indent, anchors)
-
-
-def _sequence(
-    lines: list[tuple[int, str, int]], i: int, indent: int, anchors: dict[str, Any]
-) -> tuple[list[Any], int]:
-    items: list[Any] = []
-    while i < len(lines) and lines[i][0] == indent and lines[i][1].startswith("-"):
-        rest = lines[i][1][1:].strip()
-        if not rest:
-            raise YamlSubsetError(f"line {lines[i][2]}: nested block in a sequence")
-        items.append(_scalar(rest, lines[i][2], anchors))
-        i += 1
-    return items, i
-
-
-def _mapping(
-    lines: list[tuple[int, str, int]], i: int, indent: int, anchors: dict[str, Any]
-) -> tuple[dict[str, Any], int]:
-    result: dict[str, Any] = {}
-    while i < len(lines) and lines[i][0] == indent:
-        _, content, number = lines[i]
-        key, sep, rest = content.partition(":")
-        if not sep or (rest and not rest.startswith(" ")):
-            raise YamlSubsetError(f"line {number}: expected `key: value`")
-        key, rest = _unquote(key.strip()), rest.strip()
-        anchor = None
-        if rest.startswith("&"):
-            anchor, _, rest = rest[1:].partition(" ")
-            rest = rest.strip()
-        i += 1
-        if rest:
-            value = _scalar(rest, number, anchors)
-        elif i < len(lines) and lines[i][0] > indent:
-            value, i = _block(lines, i, lines[i][0], anchors)
-        elif i < len(lines) and lines[i][0] == indent and lines[i][1].startswith("- "):
-            value, i = _sequence(lines, i, indent, anchors)  # a sequence at the key's indent
-        else:
-            value = None
-        if anchor:
-            anchors[anchor] = value
-        if key == "<<":
-            if not isinstance(value, dict):
-                raise YamlSubsetError(f"line {number}: `<<` needs a mapping alias")
-            for merged_key, merged_value in value.items():
-                result.setdefault(merged_key, merged_value)
-        else:
-            result[key] = value
-    return result, i
-
-
-def _scalar(text: str, number: int, anchors: dict[str, Any]) -> Any:
-    if text.startswith("*"):
-        try:
-            return anchors[text[1:]]
-        except KeyError:
-            raise YamlSubsetError(f"line {number}: unknown alias {text}") from None
-    if text.startswith("["):
-        if not text.endswith("]"):
-            raise YamlSubsetError(f"line {number}: multi-line flow sequence")
-        return [_unquote(item) for item in _split_flow(text[1:-1], number)]
-    if text.startswith(("{", "|", ">")):
-        raise YamlSubsetError(f"line {number}: unsupported YAML: {text[:20]}")
-    return _unquote(text)
-
-
-def _split_flow(body: str, number: int) -> list[str]:
-    items: list[str] = []
-    current: list[str] = []
-    quote: str | None = None
-    for char in body:
-        if quote:
-            current.append(char)
-            if char == quote:
-                quote = None
-        elif char in "'\"":
-            quote = char
-            current.append(char)
-        elif char == ",":
-            items.append("".join(current).strip())
-            current = []
-        else:
-            current.append(char)
-    if quote:
-        raise YamlSubsetError(f"line {number}: unterminated quote")
-    if "".join(current).strip():
-        items.append("".join(current).strip())
-    return items
-
-
-def _unquote(text: str) -> str:
-    if len(text) >= 2 and text[0] == text[-1] == "'":
-        return text[1:-1].replace("''", "'")
-    if len(text) >= 2 and text[0] == text[-1] == '"':
-        decoded: str = json.loads(text)
-        return decoded
-    return text
+# -- docker-compose.yml ---------------------------------------------------------------------------
 
 
 def compose() -> dict[str, Any]:
-    data = load_yaml(COMPOSE_FILE.read_text())
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
     assert isinstance(data, dict)
     return data
 

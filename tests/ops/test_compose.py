@@ -1,8 +1,8 @@
 """docker-compose.yml, the Dockerfile and deploy/: valid, consistent with the settings, safe.
 
 No container engine runs here: the compose file is checked with ``docker-compose config``
-(skipped, with the reason, where docker-compose is not installed) and read with the small YAML
-reader of ``support.py``; the Redis side is started for real in ``test_acl.py``.
+(skipped, with the reason, where docker-compose is not installed) and read with PyYAML; the
+Redis side is started for real in ``test_acl.py``.
 """
 
 from __future__ import annotations
@@ -22,13 +22,11 @@ from .support import (
     DOCKERFILE,
     PROJECT_ROOT,
     USERS_ACL,
-    YamlSubsetError,
     acl_rules,
     clean_environment,
     compose,
     compose_env_names,
     interpolation_default,
-    load_yaml,
     redis_conf,
     require_binary,
 )
@@ -95,7 +93,7 @@ def test_every_ingest_variable_in_the_compose_file_is_a_setting() -> None:
     known = set(env_names())
     set_in_services = {n for n in compose_env_names() if n.startswith("INGEST_")}
     mentioned = set(re.findall(r"\bINGEST_[A-Z0-9_]+\b", COMPOSE_FILE.read_text()))
-    assert set_in_services, "no INGEST_ variable found: the YAML reader is broken"
+    assert set_in_services, "no INGEST_ variable found: the compose file was misread"
     assert set_in_services - known == set()
     assert mentioned - known == set()
 
@@ -206,37 +204,6 @@ def test_only_placeholder_passwords_are_committed() -> None:
         if line.startswith("user "):
             # >password, <password, #sha256 and !sha256 would all put a secret in the file.
             assert [w for w in line.split() if w[0] in "><#!"] == [], line
-
-
-def test_yaml_reader_understands_anchors_merges_and_flow_lists() -> None:
-    text = (
-        "base: &base\n"
-        "  A: '1'\n"
-        '  B: "x # not a comment"\n'
-        "svc:\n"
-        "  env:\n"
-        "    <<: *base\n"
-        "    B: two  # a comment\n"
-        "  cmd: [\"sh\", 'a, b', c]\n"
-        "  list:\n"
-        "    - one\n"
-        '    - "two: 2"\n'
-        "empty:\n"
-    )
-    assert load_yaml(text) == {
-        "base": {"A": "1", "B": "x # not a comment"},
-        "svc": {
-            "env": {"B": "two", "A": "1"},
-            "cmd": ["sh", "a, b", "c"],
-            "list": ["one", "two: 2"],
-        },
-        "empty": None,
-    }
-
-
-def test_yaml_reader_refuses_what_it_does_not_understand() -> None:
-    with pytest.raises(YamlSubsetError):
-        load_yaml("key: |\n  text\n")
 
 
 # -- deploy/redis.conf ----------------------------------------------------------------------------

@@ -1,0 +1,210 @@
+"""``ingest dlq``: inspect, replay, purge and export dead letters."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.console import Console
+
+from ingest.connection import connect
+from ingest.deadletter import DEFAULT_REPLAY_RATE
+from ingest.errors import IngestError
+
+from ._common import load_settings
+from .render import letters_table, print_dead_letter, replay_progress
+
+
+def _parse_time(value: str | None) -> float | None:
+    if value is None:
+        return None
+    from ingest.models import parse_timestamp
+
+    # The same ISO 8601 rules as event timestamps (timezone required).
+    try:
+        return parse_timestamp(value).timestamp()
+    except IngestError as exc:
+        raise click.BadParameter(
+            f"{value!r}: an ISO 8601 time with a timezone, e.g. 2026-11-26T09:00:00Z"
+        ) from exc
+
+
+def dlq_filters(func: Any) -> Any:
+    options = [
+        click.option(
+            "--reason",
+            "reasons",
+            multiple=True,
+            type=click.Choice(["rejected", "exhausted"]),
+            help="rejected: the API refused it (4xx); exhausted: ran out of attempts.",
+        ),
+        click.option(
+            "--status", "statuses", multiple=True, type=int, help="Last HTTP status (repeatable)."
+        ),
+        click.option("--website", "websites", multiple=True, help="Website id (repeatable)."),
+        click.option(
+            "--id", "ids", multiple=True, help="Dead-letter id or transaction id (repeatable)."
+        ),
+        click.option("--search", default=None, help="Transaction id contains this text."),
+        click.option("--since", default=None, help="Died at or after (ISO 8601)."),
+        click.option("--until", default=None, help="Died at or before (ISO 8601)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _selection(
+    reasons: tuple[str, ...],
+    statuses: tuple[int, ...],
+    websites: tuple[str, ...],
+    ids: tuple[str, ...],
+    search: str | None,
+    since: str | None,
+    until: str | None,
+) -> Any:
+    from ingest.deadletter import DeadLetterFilter
+
+    return DeadLetterFilter(
+        reasons=frozenset(reasons),
+        statuses=frozenset(statuses),
+        websites=frozenset(websites),
+        ids=frozenset(ids),
+        transaction_contains=search,
+        since=_parse_time(since),
+        until=_parse_time(until),
+    )
+
+
+def _store() -> Any:
+    from ingest.deadletter import DeadLetterStore
+
+    settings = load_settings()
+    return DeadLetterStore(connect(settings.redis_url, socket_timeout=10), settings.queue)
+
+
+@click.group(help="Inspect, replay, purge and export dead letters.")
+def dlq() -> None:
+    pass
+
+
+@dlq.command("list", help="Dead letters, newest first, with counts per reason.")
+@dlq_filters
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--offset", type=int, default=0)
+@click.option("--json", "as_json", is_flag=True)
+def dlq_list(limit: int, offset: int, as_json: bool, **filters: Any) -> None:
+    store = _store()
+    letters = store.page(_selection(**filters), offset=offset, limit=limit)
+    if as_json:
+        click.echo(json.dumps({"total": store.count(), "items": [d.as_dict() for d in letters]}))
+        return
+    console = Console()
+    console.print(letters_table(letters, f"dead letters ({store.count():,} in the store)"))
+    counts = store.counts_by_reason()
+    if counts:
+        console.print("by reason: " + ", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items())))
+
+
+@dlq.command("show", help="One dead letter: the event, every attempt, the API's messages.")
+@click.argument("dead_id")
+@click.option("--json", "as_json", is_flag=True)
+def dlq_show(dead_id: str, as_json: bool) -> None:
+    letter = _store().get(dead_id)
+    if as_json:
+        click.echo(json.dumps(letter.as_dict(), indent=2))
+        return
+    print_dead_letter(Console(), letter)
+
+
+@dlq.command("replay", help="Put dead letters back on the queue (fix the cause first).")
+@dlq_filters
+@click.option("--all", "all_", is_flag=True, help="Replay every dead letter (no filter).")
+@click.option("--dry-run", is_flag=True, help="Show what would be replayed; change nothing.")
+@click.option(
+    "--rate",
+    type=float,
+    default=DEFAULT_REPLAY_RATE,
+    show_default=True,
+    help="Events per second put back on the queue.",
+)
+@click.option("--json", "as_json", is_flag=True)
+def dlq_replay(all_: bool, dry_run: bool, rate: float, as_json: bool, **filters: Any) -> None:
+    selection = _selection(**filters)
+    if selection.is_empty and not all_:
+        raise click.UsageError("choose what to replay with a filter, or pass --all")
+    store = _store()
+    letters = list(store.iter(selection))
+    if dry_run:
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "dry_run": True,
+                        "would_replay": len(letters),
+                        "items": [d.as_dict() for d in letters],
+                    }
+                )
+            )
+        else:
+            Console().print(
+                letters_table(
+                    letters[:100], f"would replay {len(letters):,} (dry run: nothing changed)"
+                )
+            )
+        return
+    with replay_progress(disable=as_json) as progress:
+        task = progress.add_task("replaying", total=len(letters))
+        result = store.replay(
+            [d.job_id for d in letters], rate=rate, progress=lambda n: progress.advance(task, n)
+        )
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "selected": result.selected,
+                    "requeued": result.requeued,
+                    "skipped": result.skipped,
+                }
+            )
+        )
+    else:
+        click.echo(
+            f"requeued {result.requeued:,} of {result.selected:,} ({result.skipped:,} already gone)"
+        )
+
+
+@dlq.command("purge", help="Delete dead letters for good (asks first unless --yes).")
+@dlq_filters
+@click.option("--all", "all_", is_flag=True, help="Purge every dead letter (no filter).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--dry-run", is_flag=True, help="Show what would be purged; change nothing.")
+def dlq_purge(all_: bool, yes: bool, dry_run: bool, **filters: Any) -> None:
+    selection = _selection(**filters)
+    if selection.is_empty and not all_:
+        raise click.UsageError("choose what to purge with a filter, or pass --all")
+    store = _store()
+    letters = list(store.iter(selection))
+    if dry_run or not letters:
+        click.echo(f"would purge {len(letters):,} dead letters (nothing changed)")
+        return
+    if not yes:
+        click.confirm(
+            f"Permanently delete {len(letters):,} dead letters? These payments will "
+            "never reach DataFast",
+            abort=True,
+        )
+    removed = store.purge(d.job_id for d in letters)
+    click.echo(f"purged {removed:,}")
+
+
+@dlq.command("export", help="Dead letters as JSON Lines (to a file or stdout).")
+@dlq_filters
+@click.option("--output", "-o", type=click.File("w"), default="-")
+def dlq_export(output: Any, **filters: Any) -> None:
+    count = 0
+    for letter in _store().iter(_selection(**filters)):
+        output.write(json.dumps(letter.as_dict()) + "\n")
+        count += 1
+    click.echo(f"exported {count:,} dead letters", err=True)

@@ -1,0 +1,56 @@
+"""The commands that run something until stopped: a worker, the sandbox, the demo."""
+
+from __future__ import annotations
+
+import click
+
+from ._common import EXIT_FAILURE, EXIT_OK, load_settings
+
+
+@click.command(help="Drain the queue and deliver payments (python worker.py is the same).")
+@click.option("--burst", is_flag=True, help="Stop when nothing is queued, in flight or scheduled.")
+@click.option("--concurrency", type=int, default=None, help="Override INGEST_CONCURRENCY.")
+@click.option("--name", default=None, help="Worker name shown by `rq info` (default: random).")
+def worker(burst: bool, concurrency: int | None, name: str | None) -> None:
+    from ingest.logs import configure_logging
+    from ingest.worker import run_worker
+
+    settings = load_settings(concurrency=concurrency)
+    configure_logging(settings.log_level)
+    run_worker(settings, burst=burst, name=name)
+
+
+@click.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+    help="Run the local stand-in for the Payments API (see `ingest sandbox --help`).",
+)
+@click.pass_context
+def sandbox(ctx: click.Context) -> None:
+    from ingest.sandbox import main as sandbox_main
+
+    raise SystemExit(sandbox_main(list(ctx.args)))
+
+
+@click.command(help="Embedded Redis + local sandbox API + workers: send a burst and watch it land.")
+@click.option("--events", type=int, default=2000, show_default=True, help="Payments to enqueue.")
+@click.option("--workers", type=int, default=2, show_default=True, help="Worker processes.")
+@click.option(
+    "--latency-ms",
+    type=float,
+    default=50.0,
+    show_default=True,
+    help="Sandbox answer time per request.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Give up waiting after this many seconds.",
+)
+def demo(events: int, workers: int, latency_ms: float, timeout: float) -> None:
+    from ingest.demo import run_demo
+
+    ok = run_demo(events=events, workers=workers, latency_ms=latency_ms, timeout=timeout)
+    raise SystemExit(EXIT_OK if ok else EXIT_FAILURE)

@@ -1,0 +1,67 @@
+"""The commands that read the queue's figures: ``stats`` for a person, ``metrics`` for
+Prometheus."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+from rich.console import Console
+
+from ingest.connection import connect
+
+from ._common import load_settings
+from .render import accounting_table
+
+
+@click.command(help="Queued, in flight, scheduled, delivered, dead-lettered, rates.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--watch", is_flag=True, help="Refresh every --interval seconds.")
+@click.option("--interval", type=float, default=2.0, show_default=True)
+def stats(as_json: bool, watch: bool, interval: float) -> None:
+    from ingest.stats import read_accounting
+
+    settings = load_settings()
+    connection = connect(settings.redis_url, socket_timeout=5)
+    console = Console()
+    try:
+        while True:
+            accounting = read_accounting(connection, settings.queue)
+            if as_json:
+                click.echo(json.dumps(accounting.as_dict(), sort_keys=True))
+            else:
+                if watch:
+                    console.clear()
+                console.print(
+                    accounting_table(accounting.as_dict(), title=f"queue {settings.queue}")
+                )
+            if not watch:
+                break
+            time.sleep(interval)
+    finally:
+        connection.close()
+
+
+@click.command(
+    help="Serve queue-wide Prometheus metrics read from Redis (depth, dead letters, "
+    "the accounting identity)."
+)
+@click.option("--port", type=int, default=None, help="Default: INGEST_METRICS_PORT, else 9464.")
+@click.option("--once", is_flag=True, help="Print one exposition to stdout and exit.")
+def metrics(port: int | None, once: bool) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+
+    from ingest.metrics import QueueCollector
+
+    settings = load_settings()
+    registry = CollectorRegistry()
+    registry.register(QueueCollector(connect(settings.redis_url, socket_timeout=5), settings.queue))
+    if once:
+        click.echo(generate_latest(registry).decode(), nl=False)
+        return
+    bind = port if port is not None else (settings.metrics_port or 9464)
+    start_http_server(bind, addr=settings.metrics_host, registry=registry)
+    click.echo(f"serving queue metrics on http://{settings.metrics_host}:{bind}/metrics", err=True)
+    while True:
+        time.sleep(3600)
