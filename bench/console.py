@@ -38,7 +38,7 @@ from rich.table import Table
 from ingest import keys
 from ingest.embedded import RedisServer
 from ingest.models import event_id
-from ingest.retry import utc_iso
+from ingest.timestamps import utc_iso
 
 QUEUE = "payments"
 PROJECT = Path(__file__).resolve().parent.parent

@@ -20,8 +20,8 @@ import redis
 
 from . import keys
 from .errors import NotFoundError
-from .producer import rq_timestamp
 from .scripts import PURGE, REPLAY
+from .timestamps import RQ_TIMESPEC, utc_iso
 
 _SCAN_CHUNK = 500
 # Events per second a replay puts back on the queue (CLI and console alike).
@@ -242,7 +242,7 @@ class DeadLetterStore:
                 ],
                 args=[
                     keys.JOB_PREFIX,
-                    rq_timestamp(datetime.now().astimezone()),
+                    utc_iso(datetime.now().astimezone(), timespec=RQ_TIMESPEC),
                     self.queue,
                     *batch,
                 ],

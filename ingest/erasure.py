@@ -22,9 +22,10 @@ import redis
 from . import keys
 from .delivery import PAYMENTS_PATH, USER_AGENT, Credentials, classify, describe_transport_error
 from .errors import DeliveryError, UnsafeDeleteError, ValidationError
-from .models import format_timestamp, parse_timestamp
+from .models import parse_timestamp
 from .scripts import ERASE
 from .settings import Settings
+from .timestamps import utc_iso
 
 _CHUNK = 1000
 
@@ -46,9 +47,9 @@ class DeleteRequest:
         if self.visitor_id:
             params["datafast_visitor_id"] = self.visitor_id
         if self.start:
-            params["startAt"] = format_timestamp(self.start)
+            params["startAt"] = utc_iso(self.start)
         if self.end:
-            params["endAt"] = format_timestamp(self.end)
+            params["endAt"] = utc_iso(self.end)
         site = self.website_id or default_website
         if account_token and site:
             params["websiteId"] = site

@@ -34,6 +34,7 @@ from .models import Payment, payment_from_mapping, validate_payment
 from .scripts import ENQUEUE
 from .settings import Settings
 from .spool import FlushResult, Spool
+from .timestamps import RQ_TIMESPEC, utc_iso
 
 _log = get_logger(component="producer")
 
@@ -81,12 +82,6 @@ def job_data(payment: Payment) -> str:
         ensure_ascii=False,
         separators=(",", ":"),
     )
-
-
-def rq_timestamp(moment: datetime) -> str:
-    # RQ's own format (rq.utils.utcformat), so RQ parses our job hashes.
-    # isoformat is several times cheaper than strftime on the enqueue path.
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def producer_connection(settings: Settings) -> redis.Redis:
@@ -198,7 +193,7 @@ class _ProducerBase:
         args = [
             job_id.encode(),
             job_data(payment).encode(),
-            rq_timestamp(now).encode(),
+            utc_iso(now, timespec=RQ_TIMESPEC).encode(),
             self._queue_name,
             (payment.website_id or keys.DEFAULT_SITE).encode(),
             (kind + payment.transaction_id).encode(),

@@ -43,10 +43,11 @@ from .connection import connect, connect_async, redis_unavailable
 from .delivery import Outcome, PaymentsClient, Verdict, build_transport
 from .keys import DEFAULT_SITE, text
 from .logs import get_logger, scrub
-from .retry import RandomSource, RetryPolicy, utc_iso
+from .retry import RandomSource, RetryPolicy
 from .scripts import ACK, CLAIM, RECLAIM, UNPAUSE
 from .settings import Settings
 from .throttle import AdaptiveLimiter
+from .timestamps import utc_iso
 
 _CLAIM_FIELDS = 5
 _IDLE_POLL = 0.1  # seconds between claims while the queue is empty

@@ -27,8 +27,8 @@ from ingest.console.app import create_app
 from ingest.console.config import ConsoleOptions
 from ingest.models import validate_payment
 from ingest.producer import job_data
-from ingest.retry import utc_iso
 from ingest.settings import Settings
+from ingest.timestamps import utc_iso
 
 QUEUE = "payments"
 BASE = "http://127.0.0.1:8000"
