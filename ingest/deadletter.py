@@ -19,7 +19,10 @@ from typing import Any
 import redis
 
 from . import keys
+from .delivery import Outcome
 from .errors import NotFoundError
+from .jobs import Claimed, job_args
+from .logs import scrub
 from .scripts import PURGE, REPLAY
 from .timestamps import RQ_TIMESPEC, utc_iso
 
@@ -46,7 +49,6 @@ class DeadLetter:
     @classmethod
     def from_record(cls, raw: bytes | str) -> DeadLetter:
         record = json.loads(raw)
-        _function, _instance, args, _kwargs = json.loads(record["data"])
         return cls(
             job_id=record["job_id"],
             transaction_id=record.get("transaction_id", ""),
@@ -59,7 +61,7 @@ class DeadLetter:
             last_attempt_at=record.get("last_attempt_at", ""),
             dead_at=record.get("dead_at", ""),
             history=record.get("history", []),
-            body=json.loads(args[0]),
+            body=json.loads(job_args(record["data"]).body),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -77,6 +79,36 @@ class DeadLetter:
             "history": self.history,
             "event": self.body,
         }
+
+
+def dead_record(
+    claimed: Claimed,
+    outcome: Outcome,
+    *,
+    reason: str,
+    attempts: int,
+    history: list[dict[str, Any]],
+    now: float,
+) -> dict[str, Any]:
+    """A dead letter: the event (to replay it), why it died, and every attempt.
+
+    It holds the request body but never a request header, so never the API key.
+    """
+    return {
+        "job_id": claimed.job_id,
+        "transaction_id": claimed.transaction_id,
+        "website": claimed.website,
+        "data": claimed.data,
+        "reason": reason,
+        "status": outcome.status,
+        "error": scrub(outcome.message),
+        "attempts": attempts,
+        "first_attempt_at": history[0]["at"] if history else utc_iso(now),
+        "last_attempt_at": utc_iso(now),
+        "dead_at": utc_iso(now),
+        "history": history,
+        "history_json": json.dumps(history),
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ import redis
 from . import keys
 from .delivery import PAYMENTS_PATH, USER_AGENT, Credentials, classify, describe_transport_error
 from .errors import DeliveryError, UnsafeDeleteError, ValidationError
+from .jobs import job_args
 from .models import parse_timestamp
 from .scripts import ERASE
 from .settings import Settings
@@ -157,8 +158,8 @@ def _candidates(
         for job_id, (data, website) in zip(names, rows, strict=True):
             if data is None:
                 continue
-            _f, _i, args, _kw = json.loads(data)
-            if request.matches(json.loads(args[0]), keys.text(website) if website else None):
+            body = json.loads(job_args(data).body)
+            if request.matches(body, keys.text(website) if website else None):
                 yield job_id
 
     length = int(connection.llen(k.queue))
@@ -178,8 +179,7 @@ def _candidates(
         assert isinstance(entries, dict)
         for dead_id, raw in entries.items():
             record = json.loads(raw)
-            _f, _i, args, _kw = json.loads(record["data"])
-            if request.matches(json.loads(args[0]), record.get("website")):
+            if request.matches(json.loads(job_args(record["data"]).body), record.get("website")):
                 yield keys.text(dead_id)
         if cursor == 0:
             break

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
 import threading
 import time
@@ -29,6 +28,7 @@ from redis.retry import Retry
 from . import keys, metrics
 from .connection import connect, connect_async, redis_unavailable
 from .errors import QueueUnavailableError, SpoolFullError, ValidationError
+from .jobs import job_data, job_description
 from .logs import get_logger
 from .models import Payment, payment_from_mapping, validate_payment
 from .scripts import ENQUEUE
@@ -38,7 +38,6 @@ from .timestamps import RQ_TIMESPEC, utc_iso
 
 _log = get_logger(component="producer")
 
-DELIVER_FUNCTION = "ingest.delivery.deliver_payment"
 ReceiptStatus = Literal["queued", "deferred", "duplicate", "spooled"]
 _RESULTS: dict[int, ReceiptStatus] = {0: "duplicate", 1: "queued", 2: "deferred"}
 # Resolved once: a labels() lookup on every enqueue costs more than the increment.
@@ -73,15 +72,6 @@ class Rejected:
     error: ValidationError
 
     status: Literal["invalid"] = "invalid"
-
-
-def job_data(payment: Payment) -> str:
-    """RQ's job ``data``: the call tuple a plain RQ worker could run, JSON-serialised."""
-    return json.dumps(
-        [DELIVER_FUNCTION, None, [payment.wire_body(), payment.website_id], {}],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
 
 
 def producer_connection(settings: Settings) -> redis.Redis:
@@ -189,14 +179,13 @@ class _ProducerBase:
             keys.job_key(payment.payment_job_id).encode(),
             static[3],
         ]
-        kind = "refund " if payment.refunded else "payment "
         args = [
             job_id.encode(),
             job_data(payment).encode(),
             utc_iso(now, timespec=RQ_TIMESPEC).encode(),
             self._queue_name,
             (payment.website_id or keys.DEFAULT_SITE).encode(),
-            (kind + payment.transaction_id).encode(),
+            job_description(payment).encode(),
             b"1" if payment.refunded else b"0",
             repr(now.timestamp()).encode(),
         ]

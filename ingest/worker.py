@@ -40,8 +40,10 @@ from rq.worker import WorkerStatus
 
 from . import keys, metrics
 from .connection import connect, connect_async, redis_unavailable
+from .deadletter import dead_record
 from .delivery import Outcome, PaymentsClient, Verdict, build_transport
-from .keys import DEFAULT_SITE, text
+from .jobs import Claimed, job_args
+from .keys import text
 from .logs import get_logger, scrub
 from .retry import RandomSource, RetryPolicy
 from .scripts import ACK, CLAIM, RECLAIM, UNPAUSE
@@ -49,44 +51,8 @@ from .settings import Settings
 from .throttle import AdaptiveLimiter
 from .timestamps import utc_iso
 
-_CLAIM_FIELDS = 5
 _IDLE_POLL = 0.1  # seconds between claims while the queue is empty
 _TICK = 0.005  # batch window: finished requests are acknowledged together
-
-
-@dataclass(slots=True)
-class Claimed:
-    """One event this worker holds a lease on."""
-
-    job_id: str
-    data: str
-    website: str
-    attempts: int
-    history: list[dict[str, Any]]
-    body: str = ""
-    website_id: str | None = None
-
-    @classmethod
-    def from_claim(cls, row: list[bytes]) -> Claimed:
-        history_raw = row[4].decode() if row[4] else ""
-        claimed = cls(
-            job_id=row[0].decode(),
-            data=row[1].decode(),
-            website=row[2].decode() or DEFAULT_SITE,
-            attempts=int(row[3] or 0),
-            history=json.loads(history_raw) if history_raw else [],
-        )
-        _function, _instance, args, _kwargs = json.loads(claimed.data)
-        claimed.body = args[0]
-        claimed.website_id = args[1]
-        return claimed
-
-    @property
-    def transaction_id(self) -> str:
-        try:
-            return str(json.loads(self.body).get("transaction_id", ""))
-        except ValueError:
-            return ""
 
 
 @dataclass(slots=True)
@@ -134,36 +100,6 @@ def decide(
         claimed, outcome, reason=reason, attempts=attempts, history=history, now=now
     )
     return ["dead", claimed.job_id, json.dumps(record)]
-
-
-def dead_record(
-    claimed: Claimed,
-    outcome: Outcome,
-    *,
-    reason: str,
-    attempts: int,
-    history: list[dict[str, Any]],
-    now: float,
-) -> dict[str, Any]:
-    """A dead letter: the event (to replay it), why it died, and every attempt.
-
-    It holds the request body but never a request header, so never the API key.
-    """
-    return {
-        "job_id": claimed.job_id,
-        "transaction_id": claimed.transaction_id,
-        "website": claimed.website,
-        "data": claimed.data,
-        "reason": reason,
-        "status": outcome.status,
-        "error": scrub(outcome.message),
-        "attempts": attempts,
-        "first_attempt_at": history[0]["at"] if history else utc_iso(now),
-        "last_attempt_at": utc_iso(now),
-        "dead_at": utc_iso(now),
-        "history": history,
-        "history_json": json.dumps(history),
-    }
 
 
 class IngestWorker(SimpleWorker):
@@ -385,8 +321,8 @@ class IngestWorker(SimpleWorker):
                                 1000,
                             ],
                         )
-                        for i in range(0, len(rows), _CLAIM_FIELDS):
-                            claimed = Claimed.from_claim(rows[i : i + _CLAIM_FIELDS])
+                        for i in range(0, len(rows), 5):
+                            claimed = Claimed.from_fields(*rows[i : i + 5])
                             if claimed.job_id in held:
                                 # Our own request for it is still out (its lease ran out
                                 # and it was put back): CLAIM renewed our lease, and that
@@ -522,8 +458,7 @@ class IngestWorker(SimpleWorker):
             if data is None:
                 await aconn.lrem(parked_key, 1, text(head))
                 continue
-            _f, _i, args, _kw = json.loads(data)
-            outcome = await client.send(args[0], args[1])
+            outcome = await client.send(*job_args(data))
             if outcome.verdict is Verdict.AUTH:
                 self._log.error(
                     "delivery paused: the Payments API refuses our credentials",

@@ -21,12 +21,13 @@ from rq.serializers import JSONSerializer
 from ingest import keys
 from ingest.delivery import Outcome, Verdict
 from ingest.errors import ValidationError
+from ingest.jobs import Claimed
 from ingest.models import Payment, validate_payment
 from ingest.producer import Producer, Receipt, Rejected, enqueue_payment, enqueue_payments
 from ingest.retry import RetryPolicy
 from ingest.scripts import ACK, CLAIM, ENQUEUE
 from ingest.settings import Settings
-from ingest.worker import Claimed, decide
+from ingest.worker import decide
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +107,7 @@ def claim_all(client: redis.Redis, worker: str = "test-worker") -> list[Claimed]
         keys=[QUEUE.queue, QUEUE.started, QUEUE.scheduled, QUEUE.paused],
         args=[now, now + 30, worker, 100, keys.JOB_PREFIX, QUEUE.parked_prefix, 1000],
     )
-    return [Claimed.from_claim(rows[i : i + 6]) for i in range(0, len(rows), 6)]
+    return [Claimed.from_fields(*rows[i : i + 6]) for i in range(0, len(rows), 6)]
 
 
 def acknowledge(
