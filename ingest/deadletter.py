@@ -18,13 +18,12 @@ from typing import Any
 
 import redis
 
-from . import keys
+from . import keys, scripts
 from .delivery import Outcome
 from .errors import NotFoundError
 from .jobs import Claimed, job_args
 from .logs import scrub
-from .scripts import PURGE, REPLAY
-from .timestamps import RQ_TIMESPEC, utc_iso
+from .timestamps import utc_iso
 
 _SCAN_CHUNK = 500
 # Events per second a replay puts back on the queue (CLI and console alike).
@@ -172,8 +171,6 @@ class DeadLetterStore:
         self.connection = connection
         self.queue = queue
         self.keys = keys.QueueKeys(queue)
-        self._replay = connection.register_script(REPLAY)
-        self._purge = connection.register_script(PURGE)
         self._clock = clock
         self._sleep = sleep
 
@@ -264,22 +261,8 @@ class DeadLetterStore:
         started = self._clock()
         for start in range(0, len(pending), chunk):
             batch = pending[start : start + chunk]
-            done = self._replay(
-                keys=[
-                    self.keys.dead,
-                    self.keys.dead_index,
-                    self.keys.queue,
-                    self.keys.stats,
-                    keys.RQ_QUEUES,
-                ],
-                args=[
-                    keys.JOB_PREFIX,
-                    utc_iso(datetime.now().astimezone(), timespec=RQ_TIMESPEC),
-                    self.queue,
-                    *batch,
-                ],
-            )
-            requeued = [d.decode() if isinstance(d, bytes) else str(d) for d in done]
+            now = datetime.now().astimezone()
+            requeued = scripts.replay(self.connection, self.keys, batch, now=now)
             result.requeued += len(requeued)
             result.ids.extend(requeued)
             if progress is not None:
@@ -306,6 +289,4 @@ class DeadLetterStore:
         return removed
 
     def _purge_batch(self, batch: list[str]) -> int:
-        return int(
-            self._purge(keys=[self.keys.dead, self.keys.dead_index, self.keys.stats], args=batch)
-        )
+        return scripts.purge(self.connection, self.keys, batch)

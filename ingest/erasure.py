@@ -24,7 +24,7 @@ from .delivery import PAYMENTS_PATH, USER_AGENT, Credentials, classify, describe
 from .errors import DeliveryError, UnsafeDeleteError, ValidationError
 from .jobs import job_args
 from .models import parse_timestamp
-from .scripts import ERASE
+from .scripts import erase
 from .settings import Settings
 from .timestamps import utc_iso
 
@@ -127,16 +127,11 @@ def build_request(
 def erase_local(connection: redis.Redis, queue: str, request: DeleteRequest) -> DeleteResult:
     """Erase matching events from everywhere we hold them; see the module docstring."""
     k = keys.QueueKeys(queue)
-    erase = connection.register_script(ERASE)
     result = DeleteResult(request="", sent=False)
     for job_id in set(_candidates(connection, k, request)):
-        where = erase(
-            keys=[k.queue, k.scheduled, k.deferred, k.dead, k.dead_index, k.stats],
-            args=[keys.JOB_PREFIX, k.parked_prefix, job_id],
-        )
-        if not where:
+        place = erase(connection, k, job_id)
+        if place is None:
             continue
-        place = keys.text(where)
         if place == "in_flight":
             result.in_flight += 1
         else:

@@ -46,7 +46,18 @@ from .jobs import Claimed, job_args
 from .keys import text
 from .logs import get_logger, scrub
 from .retry import RandomSource, RetryPolicy
-from .scripts import ACK, CLAIM, RECLAIM, UNPAUSE
+from .scripts import (
+    Acknowledgement,
+    Dead,
+    Delivered,
+    Park,
+    Retry,
+    Return,
+    ack,
+    claim,
+    reclaim,
+    unpause,
+)
 from .settings import Settings
 from .throttle import AdaptiveLimiter
 from .timestamps import utc_iso
@@ -78,15 +89,13 @@ def decide(
     now: float,
     policy: RetryPolicy,
     random: RandomSource,
-) -> list[Any]:
-    """The acknowledgement for one finished request (an entry of the ``ACK`` script)."""
+) -> Acknowledgement:
+    """What the ``ACK`` script is to do with one event, given its request's outcome."""
     if outcome.verdict.delivered:
-        return ["ok", claimed.job_id, 1 if outcome.verdict is Verdict.DUPLICATE else 0]
+        return Delivered(claimed.job_id, api_duplicate=outcome.verdict is Verdict.DUPLICATE)
     if outcome.verdict is Verdict.AUTH:
-        reason = json.dumps(
-            {"status": outcome.status, "error": scrub(outcome.message), "since": utc_iso(now)}
-        )
-        return ["park", claimed.job_id, claimed.website, reason]
+        pause = {"status": outcome.status, "error": scrub(outcome.message), "since": utc_iso(now)}
+        return Park(claimed.job_id, claimed.website, pause)
     attempts = claimed.attempts + 1
     history = [
         *claimed.history[-19:],
@@ -94,12 +103,12 @@ def decide(
     ]
     if outcome.verdict is Verdict.TRANSIENT and policy.should_retry(attempts):
         due = now + policy.delay(attempts, random, outcome.retry_after)
-        return ["retry", claimed.job_id, due, attempts, json.dumps(history)]
+        return Retry(claimed.job_id, due, attempts, history)
     reason = "rejected" if outcome.verdict is Verdict.PERMANENT else "exhausted"
     record = dead_record(
         claimed, outcome, reason=reason, attempts=attempts, history=history, now=now
     )
-    return ["dead", claimed.job_id, json.dumps(record)]
+    return Dead(claimed.job_id, record)
 
 
 class IngestWorker(SimpleWorker):
@@ -188,10 +197,6 @@ class IngestWorker(SimpleWorker):
 
     async def _run(self, burst: bool) -> None:
         aconn = connect_async(self.settings.redis_url)
-        claim = aconn.register_script(CLAIM)
-        ack = aconn.register_script(ACK)
-        reclaim = aconn.register_script(RECLAIM)
-        unpause = aconn.register_script(UNPAUSE)
         concurrency = self.settings.concurrency
         http = (
             self._transport_factory()
@@ -202,7 +207,7 @@ class IngestWorker(SimpleWorker):
         limiter = AdaptiveLimiter(concurrency)
         in_flight: dict[str, asyncio.Task[None]] = {}
         held: dict[str, Claimed] = {}
-        finished: list[list[Any]] = []
+        finished: list[Acknowledgement] = []
         wake = asyncio.Event()
         k = self.keys
         lease = self.settings.lease_seconds
@@ -238,35 +243,21 @@ class IngestWorker(SimpleWorker):
                 return
             batch = finished[:]
             stale = await ack(
-                keys=[
-                    k.started,
-                    k.queue,
-                    k.scheduled,
-                    k.stats,
-                    k.dead,
-                    k.dead_index,
-                    k.deferred,
-                    k.rate,
-                    k.paused,
-                ],
-                args=[
-                    self._clock(),
-                    self.name,
-                    self.settings.dedup_window,
-                    k.done_prefix,
-                    keys.JOB_PREFIX,
-                    k.parked_prefix,
-                    json.dumps(batch),
-                ],
+                aconn,
+                k,
+                batch,
+                now=self._clock(),
+                worker=self.name,
+                dedup_window=self.settings.dedup_window,
             )
             del finished[: len(batch)]
             for entry in batch:
-                held.pop(entry[1], None)
+                held.pop(entry.job_id, None)
                 self._count(entry)
             if stale:
-                self.counts.stale += int(stale)
+                self.counts.stale += stale
                 self._log.warning(
-                    "outcomes for events whose lease had expired were skipped", count=int(stale)
+                    "outcomes for events whose lease had expired were skipped", count=stale
                 )
 
         async def housekeeping() -> None:
@@ -283,17 +274,15 @@ class IngestWorker(SimpleWorker):
             if held:
                 members: dict[str, float] = {f"{jid}:{self.name}": now + lease for jid in held}
                 await aconn.zadd(k.started, members, xx=True)
-            returned = await reclaim(keys=[k.started, k.queue], args=[now, 1000, keys.JOB_PREFIX])
+            returned = await reclaim(aconn, k, now=now)
             if returned:
-                self.counts.reclaimed += int(returned)
-                metrics.RECLAIMED.inc(int(returned))
-                self._log.warning(
-                    "events of a dead worker put back on the queue", count=int(returned)
-                )
+                self.counts.reclaimed += returned
+                metrics.RECLAIMED.inc(returned)
+                self._log.warning("events of a dead worker put back on the queue", count=returned)
             old = [f for f in await aconn.hkeys(k.rate) if int(f) < now - 120]
             if old:
                 await aconn.hdel(k.rate, *old)
-            await self._probe_paused(aconn, client, unpause, last_probe, now)
+            await self._probe_paused(aconn, client, last_probe, now)
 
         try:
             while True:
@@ -309,20 +298,10 @@ class IngestWorker(SimpleWorker):
                     free = 0 if self._suspended else limiter.free_slots()
                     if free > 0:
                         now = self._clock()
-                        rows = await claim(
-                            keys=[k.queue, k.started, k.scheduled, k.paused],
-                            args=[
-                                now,
-                                now + lease,
-                                self.name,
-                                free,
-                                keys.JOB_PREFIX,
-                                k.parked_prefix,
-                                1000,
-                            ],
+                        claims = await claim(
+                            aconn, k, now=now, lease_until=now + lease, worker=self.name, limit=free
                         )
-                        for i in range(0, len(rows), 5):
-                            claimed = Claimed.from_fields(*rows[i : i + 5])
+                        for claimed in claims:
                             if claimed.job_id in held:
                                 # Our own request for it is still out (its lease ran out
                                 # and it was put back): CLAIM renewed our lease, and that
@@ -373,7 +352,7 @@ class IngestWorker(SimpleWorker):
         self,
         in_flight: dict[str, asyncio.Task[None]],
         held: dict[str, Claimed],
-        finished: list[list[Any]],
+        finished: list[Acknowledgement],
         flush: Callable[[], Any],
     ) -> None:
         deadline = time.monotonic() + self.settings.shutdown_grace
@@ -383,10 +362,10 @@ class IngestWorker(SimpleWorker):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        done_ids = {entry[1] for entry in finished}
+        done_ids = {entry.job_id for entry in finished}
         for job_id in list(held):
             if job_id not in done_ids:
-                finished.append(["return", job_id])
+                finished.append(Return(job_id))
         # Hand back within the grace period (at least one try): whatever cannot be written
         # back returns by itself when its lease expires, so waiting longer buys nothing.
         write_back_until = max(deadline, time.monotonic() + 1.0)
@@ -420,7 +399,6 @@ class IngestWorker(SimpleWorker):
         self,
         aconn: redis.asyncio.Redis,
         client: PaymentsClient,
-        unpause: Any,
         last_probe: dict[str, float],
         now: float,
     ) -> None:
@@ -449,10 +427,7 @@ class IngestWorker(SimpleWorker):
             parked_key = self.keys.parked(site)
             head = await aconn.lindex(parked_key, 0)
             if head is None:
-                await unpause(
-                    keys=[parked_key, self.keys.queue, self.keys.paused],
-                    args=[site, keys.JOB_PREFIX],
-                )
+                await unpause(aconn, self.keys, site)
                 continue
             data = await aconn.hget(keys.job_key(text(head)), "data")
             if data is None:
@@ -468,37 +443,35 @@ class IngestWorker(SimpleWorker):
                     paused_since=json.loads(raw_reason).get("since"),
                 )
                 continue
-            released = await unpause(
-                keys=[parked_key, self.keys.queue, self.keys.paused], args=[site, keys.JOB_PREFIX]
-            )
+            released = await unpause(aconn, self.keys, site)
             self._log.warning(
-                "delivery resumed: credentials accepted again", website=site, released=int(released)
+                "delivery resumed: credentials accepted again", website=site, released=released
             )
 
-    def _count(self, entry: list[Any]) -> None:
-        kind = entry[0]
+    def _count(self, entry: Acknowledgement) -> None:
         c = self.counts
-        if kind == "ok":
-            c.delivered += 1
-            c.api_duplicates += entry[2]
-            metrics.DELIVERIES.labels("duplicate" if entry[2] else "delivered").inc()
-        elif kind == "retry":
-            c.retried += 1
-            metrics.DELIVERIES.labels("retried").inc()
-        elif kind == "dead":
-            c.dead_lettered += 1
-            metrics.DELIVERIES.labels("dead_lettered").inc()
-        elif kind == "park":
-            c.parked += 1
-            metrics.DELIVERIES.labels("parked").inc()
-            self._log.error(
-                "delivery paused: the Payments API refuses our credentials",
-                website=entry[2],
-                reason=entry[3],
-            )
-        elif kind == "return":
-            c.returned += 1
-            metrics.DELIVERIES.labels("returned").inc()
+        match entry:
+            case Delivered(api_duplicate=duplicate):
+                c.delivered += 1
+                c.api_duplicates += int(duplicate)
+                metrics.DELIVERIES.labels("duplicate" if duplicate else "delivered").inc()
+            case Retry():
+                c.retried += 1
+                metrics.DELIVERIES.labels("retried").inc()
+            case Dead():
+                c.dead_lettered += 1
+                metrics.DELIVERIES.labels("dead_lettered").inc()
+            case Park(website=website, reason=reason):
+                c.parked += 1
+                metrics.DELIVERIES.labels("parked").inc()
+                self._log.error(
+                    "delivery paused: the Payments API refuses our credentials",
+                    website=website,
+                    reason=json.dumps(reason),
+                )
+            case Return():
+                c.returned += 1
+                metrics.DELIVERIES.labels("returned").inc()
 
 
 def _summary(counts: WorkerCounts) -> dict[str, Any]:
