@@ -38,7 +38,7 @@ from rich.table import Table
 from ingest import keys
 from ingest.embedded import RedisServer
 from ingest.models import event_id
-from ingest.retry import utc_iso
+from ingest.timestamps import utc_iso
 
 QUEUE = "payments"
 PROJECT = Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ console = Console(stderr=True, highlight=False)
 
 
 def dead_record(n: int, dead_at: float) -> tuple[str, str]:
-    """A dead letter as the worker writes it (``ingest.worker.dead_record``)."""
+    """A dead letter as the worker writes it (``ingest.deadletter.dead_record``)."""
     website = f"{n % 20:024x}"
     transaction_id = f"ord_{n:07d}"
     exhausted = n % 5 == 0

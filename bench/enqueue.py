@@ -34,9 +34,9 @@ from rich.table import Table
 from rq import Queue
 
 from ingest.embedded import RedisServer
+from ingest.jobs import job_data as make_job_data
 from ingest.models import validate_payment
 from ingest.producer import AsyncProducer, Producer, enqueue_payment, enqueue_payment_async
-from ingest.producer import job_data as make_job_data
 from ingest.settings import Settings
 
 Timings = list[float]

@@ -555,8 +555,9 @@ def _methods(env: BenchEnv, ops: int, loop: asyncio.AbstractEventLoop) -> list[M
     from rq import Queue
 
     import ingest
+    from ingest.jobs import job_data
     from ingest.models import validate_payment
-    from ingest.producer import Producer, configure, job_data
+    from ingest.producer import Producer, configure
 
     settings = env.settings()
     methods: list[Method] = []

@@ -18,10 +18,12 @@ from typing import Any
 
 import redis
 
-from . import keys
+from . import keys, scripts
+from .delivery import Outcome
 from .errors import NotFoundError
-from .producer import rq_timestamp
-from .scripts import PURGE, REPLAY
+from .jobs import Claimed, job_args
+from .logs import scrub
+from .timestamps import utc_iso
 
 _SCAN_CHUNK = 500
 # Events per second a replay puts back on the queue (CLI and console alike).
@@ -46,7 +48,6 @@ class DeadLetter:
     @classmethod
     def from_record(cls, raw: bytes | str) -> DeadLetter:
         record = json.loads(raw)
-        _function, _instance, args, _kwargs = json.loads(record["data"])
         return cls(
             job_id=record["job_id"],
             transaction_id=record.get("transaction_id", ""),
@@ -59,7 +60,7 @@ class DeadLetter:
             last_attempt_at=record.get("last_attempt_at", ""),
             dead_at=record.get("dead_at", ""),
             history=record.get("history", []),
-            body=json.loads(args[0]),
+            body=json.loads(job_args(record["data"]).body),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -77,6 +78,36 @@ class DeadLetter:
             "history": self.history,
             "event": self.body,
         }
+
+
+def dead_record(
+    claimed: Claimed,
+    outcome: Outcome,
+    *,
+    reason: str,
+    attempts: int,
+    history: list[dict[str, Any]],
+    now: float,
+) -> dict[str, Any]:
+    """A dead letter: the event (to replay it), why it died, and every attempt.
+
+    It holds the request body but never a request header, so never the API key.
+    """
+    return {
+        "job_id": claimed.job_id,
+        "transaction_id": claimed.transaction_id,
+        "website": claimed.website,
+        "data": claimed.data,
+        "reason": reason,
+        "status": outcome.status,
+        "error": scrub(outcome.message),
+        "attempts": attempts,
+        "first_attempt_at": history[0]["at"] if history else utc_iso(now),
+        "last_attempt_at": utc_iso(now),
+        "dead_at": utc_iso(now),
+        "history": history,
+        "history_json": json.dumps(history),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +171,6 @@ class DeadLetterStore:
         self.connection = connection
         self.queue = queue
         self.keys = keys.QueueKeys(queue)
-        self._replay = connection.register_script(REPLAY)
-        self._purge = connection.register_script(PURGE)
         self._clock = clock
         self._sleep = sleep
 
@@ -232,22 +261,8 @@ class DeadLetterStore:
         started = self._clock()
         for start in range(0, len(pending), chunk):
             batch = pending[start : start + chunk]
-            done = self._replay(
-                keys=[
-                    self.keys.dead,
-                    self.keys.dead_index,
-                    self.keys.queue,
-                    self.keys.stats,
-                    keys.RQ_QUEUES,
-                ],
-                args=[
-                    keys.JOB_PREFIX,
-                    rq_timestamp(datetime.now().astimezone()),
-                    self.queue,
-                    *batch,
-                ],
-            )
-            requeued = [d.decode() if isinstance(d, bytes) else str(d) for d in done]
+            now = datetime.now().astimezone()
+            requeued = scripts.replay(self.connection, self.keys, batch, now=now)
             result.requeued += len(requeued)
             result.ids.extend(requeued)
             if progress is not None:
@@ -274,6 +289,4 @@ class DeadLetterStore:
         return removed
 
     def _purge_batch(self, batch: list[str]) -> int:
-        return int(
-            self._purge(keys=[self.keys.dead, self.keys.dead_index, self.keys.stats], args=batch)
-        )
+        return scripts.purge(self.connection, self.keys, batch)

@@ -22,9 +22,11 @@ import redis
 from . import keys
 from .delivery import PAYMENTS_PATH, USER_AGENT, Credentials, classify, describe_transport_error
 from .errors import DeliveryError, UnsafeDeleteError, ValidationError
-from .models import format_timestamp, parse_timestamp
-from .scripts import ERASE
+from .jobs import job_args
+from .models import parse_timestamp
+from .scripts import erase
 from .settings import Settings
+from .timestamps import utc_iso
 
 _CHUNK = 1000
 
@@ -46,9 +48,9 @@ class DeleteRequest:
         if self.visitor_id:
             params["datafast_visitor_id"] = self.visitor_id
         if self.start:
-            params["startAt"] = format_timestamp(self.start)
+            params["startAt"] = utc_iso(self.start)
         if self.end:
-            params["endAt"] = format_timestamp(self.end)
+            params["endAt"] = utc_iso(self.end)
         site = self.website_id or default_website
         if account_token and site:
             params["websiteId"] = site
@@ -125,16 +127,11 @@ def build_request(
 def erase_local(connection: redis.Redis, queue: str, request: DeleteRequest) -> DeleteResult:
     """Erase matching events from everywhere we hold them; see the module docstring."""
     k = keys.QueueKeys(queue)
-    erase = connection.register_script(ERASE)
     result = DeleteResult(request="", sent=False)
     for job_id in set(_candidates(connection, k, request)):
-        where = erase(
-            keys=[k.queue, k.scheduled, k.deferred, k.dead, k.dead_index, k.stats],
-            args=[keys.JOB_PREFIX, k.parked_prefix, job_id],
-        )
-        if not where:
+        place = erase(connection, k, job_id)
+        if place is None:
             continue
-        place = keys.text(where)
         if place == "in_flight":
             result.in_flight += 1
         else:
@@ -156,8 +153,8 @@ def _candidates(
         for job_id, (data, website) in zip(names, rows, strict=True):
             if data is None:
                 continue
-            _f, _i, args, _kw = json.loads(data)
-            if request.matches(json.loads(args[0]), keys.text(website) if website else None):
+            body = json.loads(job_args(data).body)
+            if request.matches(body, keys.text(website) if website else None):
                 yield job_id
 
     length = int(connection.llen(k.queue))
@@ -177,8 +174,7 @@ def _candidates(
         assert isinstance(entries, dict)
         for dead_id, raw in entries.items():
             record = json.loads(raw)
-            _f, _i, args, _kw = json.loads(record["data"])
-            if request.matches(json.loads(args[0]), record.get("website")):
+            if request.matches(json.loads(job_args(record["data"]).body), record.get("website")):
                 yield keys.text(dead_id)
         if cursor == 0:
             break

@@ -16,6 +16,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from .errors import ValidationError
+from .timestamps import utc_iso
 
 MAX_TRANSACTION_ID = 255
 MAX_TEXT = 255
@@ -90,7 +91,7 @@ class Payment:
         rest["renewal"] = self.renewal
         rest["refunded"] = self.refunded
         rest["is_free_trial"] = self.is_free_trial
-        rest["timestamp"] = format_timestamp(self.timestamp)
+        rest["timestamp"] = utc_iso(self.timestamp)
         encoded = json.dumps(rest, ensure_ascii=False, separators=(",", ":"))
         return '{"amount":' + format_amount(self.amount) + "," + encoded[1:]
 
@@ -109,10 +110,6 @@ def format_amount(amount: Decimal) -> str:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return text or "0"
-
-
-def format_timestamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def validate_payment(

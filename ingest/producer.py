@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import importlib.util
-import json
 import os
 import threading
 import time
@@ -30,20 +28,19 @@ from redis.retry import Retry
 from . import keys, metrics
 from .connection import connect, connect_async, redis_unavailable
 from .errors import QueueUnavailableError, SpoolFullError, ValidationError
+from .jobs import job_data, job_description
 from .logs import get_logger
 from .models import Payment, payment_from_mapping, validate_payment
-from .scripts import ENQUEUE
+from .scripts import ENQUEUE, Enqueue
 from .settings import Settings
 from .spool import FlushResult, Spool
 
 _log = get_logger(component="producer")
 
-DELIVER_FUNCTION = "ingest.delivery.deliver_payment"
 ReceiptStatus = Literal["queued", "deferred", "duplicate", "spooled"]
 _RESULTS: dict[int, ReceiptStatus] = {0: "duplicate", 1: "queued", 2: "deferred"}
 # Resolved once: a labels() lookup on every enqueue costs more than the increment.
 _ENQUEUED_BY_STATUS = {status: metrics.ENQUEUED.labels(status) for status in _RESULTS.values()}
-ENQUEUE_SHA = hashlib.sha1(ENQUEUE.encode()).hexdigest()  # noqa: S324 - Redis names scripts so
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,21 +70,6 @@ class Rejected:
     error: ValidationError
 
     status: Literal["invalid"] = "invalid"
-
-
-def job_data(payment: Payment) -> str:
-    """RQ's job ``data``: the call tuple a plain RQ worker could run, JSON-serialised."""
-    return json.dumps(
-        [DELIVER_FUNCTION, None, [payment.wire_body(), payment.website_id], {}],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-
-
-def rq_timestamp(moment: datetime) -> str:
-    # RQ's own format (rq.utils.utcformat), so RQ parses our job hashes.
-    # isoformat is several times cheaper than strftime on the enqueue path.
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 # redis-py opens every connection with CLIENT SETINFO (library name and version): one more
@@ -189,37 +171,18 @@ class _ProducerBase:
         self._watchdog: threading.Thread | None = None
         self._flusher_lock = threading.Lock()
         self._spool_dirty = self.spool is not None and self.spool.pending() > 0
-        k = self.keys
-        self._static_keys = tuple(key.encode() for key in (k.queue, k.stats, k.dead, k.deferred))
-        self._queue_name = self.settings.queue.encode()
+        self._enqueue = Enqueue(self.keys)
 
     def _script_call(self, payment: Payment) -> tuple[list[bytes], list[bytes]]:
-        # Everything as bytes, the queue's own keys encoded once: redis-py then packs the
-        # command without encoding each argument again (measurable on the checkout path).
-        job_id = payment.job_id
-        now = datetime.now(UTC)
-        static = self._static_keys
-        keys_ = [
-            keys.job_key(job_id).encode(),
-            static[0],
-            static[1],
-            self.keys.done(job_id).encode(),
-            static[2],
-            keys.job_key(payment.payment_job_id).encode(),
-            static[3],
-        ]
-        kind = "refund " if payment.refunded else "payment "
-        args = [
-            job_id.encode(),
-            job_data(payment).encode(),
-            rq_timestamp(now).encode(),
-            self._queue_name,
-            (payment.website_id or keys.DEFAULT_SITE).encode(),
-            (kind + payment.transaction_id).encode(),
-            b"1" if payment.refunded else b"0",
-            repr(now.timestamp()).encode(),
-        ]
-        return keys_, args
+        return self._enqueue.arguments(
+            job_id=payment.job_id,
+            data=job_data(payment),
+            website=payment.website_id or keys.DEFAULT_SITE,
+            description=job_description(payment),
+            refund=payment.refunded,
+            payment_job_id=payment.payment_job_id,
+            now=datetime.now(UTC),
+        )
 
     def _receipt(self, payment: Payment, result: Any) -> Receipt:
         status = _RESULTS[int(result)]
@@ -341,21 +304,15 @@ class Producer(_ProducerBase):
     ) -> None:
         super().__init__(settings, spool=spool)
         self.connection = connection or producer_connection(self.settings)
-        self._sha = ENQUEUE_SHA
         self._queue_listed = False
 
     def enqueue(self, payment: Payment) -> Receipt:
         """Put one validated event on the queue: one round trip (``EVALSHA``), or the spool."""
         if not self.breaker.allow():
             return self._spool_only([payment])[0]
-        keys_, args = self._script_call(payment)
+        call = self._script_call(payment)
         try:
-            # EVALSHA directly: redis-py's Script wrapper adds ~30 µs to every call.
-            try:
-                result = self.connection.evalsha(self._sha, len(keys_), *keys_, *args)
-            except NoScriptError:  # a fresh or flushed Redis: load once, then go on
-                self._sha = str(self.connection.script_load(ENQUEUE))
-                result = self.connection.evalsha(self._sha, len(keys_), *keys_, *args)
+            result = self._enqueue.run(self.connection, call)
         except (redis.RedisError, OSError) as exc:
             if not redis_unavailable(exc):
                 raise
@@ -400,11 +357,9 @@ class Producer(_ProducerBase):
         return [self._receipt(p, r) for p, r in zip(batch, results, strict=True)]
 
     def _pipelined(self, batch: list[Payment]) -> list[Any]:
-        # Plain EVALSHA calls: redis-py's Script in a pipeline adds a SCRIPT EXISTS round trip.
         with self.connection.pipeline(transaction=False) as pipe:
             for payment in batch:
-                keys_, args = self._script_call(payment)
-                pipe.evalsha(self._sha, len(keys_), *keys_, *args)
+                self._enqueue.add_to(pipe, self._script_call(payment))
             return list(pipe.execute(raise_on_error=False))
 
     def close(self) -> None:
@@ -431,7 +386,6 @@ class AsyncProducer(_ProducerBase):
         self._own_connection = connection is None
         self._owner: tuple[int, asyncio.AbstractEventLoop] | None = None
         self.connection = connection or self._connect()
-        self._sha = ENQUEUE_SHA
         self._queue_listed = False
 
     def _connect(self) -> redis.asyncio.Redis:
@@ -457,16 +411,12 @@ class AsyncProducer(_ProducerBase):
         self._bind()
         if not self.breaker.allow():
             return self._spool_only([payment])[0]
-        keys_, args = self._script_call(payment)
+        call = self._script_call(payment)
         try:
             # A bound of our own besides the socket's (a pool wait, a slow connect); and
             # asyncio.timeout, not wait_for, which would start a task per call.
             async with asyncio.timeout(self.settings.producer_timeout * 2):
-                try:
-                    result = await self.connection.evalsha(self._sha, len(keys_), *keys_, *args)
-                except NoScriptError:
-                    self._sha = str(await self.connection.script_load(ENQUEUE))
-                    result = await self.connection.evalsha(self._sha, len(keys_), *keys_, *args)
+                result = await self._enqueue.run_async(self.connection, call)
         except (redis.RedisError, OSError, TimeoutError) as exc:
             if not redis_unavailable(exc):
                 raise
@@ -509,8 +459,7 @@ class AsyncProducer(_ProducerBase):
     async def _pipelined(self, batch: list[Payment]) -> list[Any]:
         async with self.connection.pipeline(transaction=False) as pipe:
             for payment in batch:
-                keys_, args = self._script_call(payment)
-                pipe.evalsha(self._sha, len(keys_), *keys_, *args)
+                self._enqueue.add_to(pipe, self._script_call(payment))
             return list(await pipe.execute(raise_on_error=False))
 
     async def aclose(self) -> None:

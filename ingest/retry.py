@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 RandomSource = Callable[[], float]
@@ -66,11 +66,3 @@ class RetryPolicy:
         # payment that long.
         floor = min(retry_after, MAX_RETRY_AFTER)
         return float(floor * (1.0 + 0.1 * random()))
-
-
-def utc_iso(timestamp: float) -> str:
-    return (
-        datetime.fromtimestamp(timestamp, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )

@@ -38,7 +38,8 @@ from typing import IO, Any
 
 from .errors import SpoolFullError, ValidationError
 from .logs import get_logger
-from .models import Payment, format_timestamp, payment_from_mapping
+from .models import Payment, payment_from_mapping
+from .timestamps import utc_iso
 
 _log = get_logger(component="spool")
 QUARANTINE = "quarantine.jsonl"
@@ -47,7 +48,7 @@ QUARANTINE = "quarantine.jsonl"
 def encode_line(payment: Payment) -> bytes:
     body = json.loads(payment.wire_body(), parse_float=Decimal)
     body["amount"] = str(body["amount"])
-    body["timestamp"] = format_timestamp(payment.timestamp)
+    body["timestamp"] = utc_iso(payment.timestamp)
     if payment.website_id is not None:
         body["website_id"] = payment.website_id
     text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)

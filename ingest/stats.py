@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
 from . import keys
+from .jobs import parse_rq_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +85,7 @@ def read_accounting(connection: redis.Redis, queue: str, *, now: float | None = 
     if head is not None:
         enqueued_at = connection.hget(keys.job_key(keys.text(head)), "enqueued_at")
         if enqueued_at:
-            moment = datetime.strptime(keys.text(enqueued_at), "%Y-%m-%dT%H:%M:%S.%fZ")
-            oldest = max(0.0, now - moment.replace(tzinfo=UTC).timestamp())
+            oldest = max(0.0, now - parse_rq_time(enqueued_at))
     from rq import Worker
 
     return Accounting(

@@ -8,14 +8,16 @@ POSTs in flight over one pooled HTTP transport, and claims and acknowledges even
 batches with one Lua call each (:mod:`ingest.scripts`), which RQ's per-job bookkeeping (~57
 commands a job) cannot do.
 
-The loop, top to bottom:
+The loop, top to bottom (``_run`` repeats ``_poll_iteration`` until stopped, then
+``_shutdown_gracefully``); what one run holds (connections, events in hand) is a ``_Run``:
 
-1. every ``lease/4`` s: heartbeat (RQ's worker key, and the leases of events in flight);
-   reclaim events whose worker died; probe websites paused by an auth failure;
-2. claim as many events as there is room for (the shared :class:`AdaptiveLimiter` shrinks
-   the room after a 429) and start one task per event;
-3. acknowledge finished requests in one batch: delivered, scheduled for retry, dead-lettered
-   or parked; every outcome is decided by :func:`decide` from the classified answer.
+1. ``_housekeep``, every ``lease/4`` s: heartbeat (RQ's worker key, and the leases of events
+   in flight); reclaim events whose worker died; probe websites paused by an auth failure;
+2. ``_claim`` as many events as there is room for (the shared :class:`AdaptiveLimiter`
+   shrinks the room after a 429) and start one ``_deliver`` task per event;
+3. ``_acknowledge`` finished requests in one batch: delivered, scheduled for retry,
+   dead-lettered or parked; every outcome is decided by :func:`decide` from the classified
+   answer.
 """
 
 from __future__ import annotations
@@ -40,52 +42,30 @@ from rq.worker import WorkerStatus
 
 from . import keys, metrics
 from .connection import connect, connect_async, redis_unavailable
+from .deadletter import dead_record
 from .delivery import Outcome, PaymentsClient, Verdict, build_transport
-from .keys import DEFAULT_SITE, text
+from .jobs import Claimed, job_args
+from .keys import text
 from .logs import get_logger, scrub
-from .retry import RandomSource, RetryPolicy, utc_iso
-from .scripts import ACK, CLAIM, RECLAIM, UNPAUSE
+from .retry import RandomSource, RetryPolicy
+from .scripts import (
+    Acknowledgement,
+    Dead,
+    Delivered,
+    Park,
+    Retry,
+    Return,
+    ack,
+    claim,
+    reclaim,
+    unpause,
+)
 from .settings import Settings
 from .throttle import AdaptiveLimiter
+from .timestamps import utc_iso
 
-_CLAIM_FIELDS = 5
 _IDLE_POLL = 0.1  # seconds between claims while the queue is empty
 _TICK = 0.005  # batch window: finished requests are acknowledged together
-
-
-@dataclass(slots=True)
-class Claimed:
-    """One event this worker holds a lease on."""
-
-    job_id: str
-    data: str
-    website: str
-    attempts: int
-    history: list[dict[str, Any]]
-    body: str = ""
-    website_id: str | None = None
-
-    @classmethod
-    def from_claim(cls, row: list[bytes]) -> Claimed:
-        history_raw = row[4].decode() if row[4] else ""
-        claimed = cls(
-            job_id=row[0].decode(),
-            data=row[1].decode(),
-            website=row[2].decode() or DEFAULT_SITE,
-            attempts=int(row[3] or 0),
-            history=json.loads(history_raw) if history_raw else [],
-        )
-        _function, _instance, args, _kwargs = json.loads(claimed.data)
-        claimed.body = args[0]
-        claimed.website_id = args[1]
-        return claimed
-
-    @property
-    def transaction_id(self) -> str:
-        try:
-            return str(json.loads(self.body).get("transaction_id", ""))
-        except ValueError:
-            return ""
 
 
 @dataclass(slots=True)
@@ -104,6 +84,22 @@ class WorkerCounts:
     statuses: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _Run:
+    """What one run of the loop holds: its connections, and every event in hand."""
+
+    aconn: redis.asyncio.Redis
+    client: PaymentsClient
+    limiter: AdaptiveLimiter  # room for requests; shrinks after a 429
+    held: dict[str, Claimed] = field(default_factory=dict)  # leased to us, not acknowledged
+    in_flight: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # requests out
+    finished: list[Acknowledgement] = field(default_factory=list)  # answered, not yet acked
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # set when a request ends
+    next_housekeeping: float = 0.0
+    redis_backoff: float = 0.0  # seconds; doubles while Redis stays unavailable
+    last_probe: dict[str, float] = field(default_factory=dict)  # paused website -> when
+
+
 def decide(
     claimed: Claimed,
     outcome: Outcome,
@@ -111,15 +107,13 @@ def decide(
     now: float,
     policy: RetryPolicy,
     random: RandomSource,
-) -> list[Any]:
-    """The acknowledgement for one finished request (an entry of the ``ACK`` script)."""
+) -> Acknowledgement:
+    """What the ``ACK`` script is to do with one event, given its request's outcome."""
     if outcome.verdict.delivered:
-        return ["ok", claimed.job_id, 1 if outcome.verdict is Verdict.DUPLICATE else 0]
+        return Delivered(claimed.job_id, api_duplicate=outcome.verdict is Verdict.DUPLICATE)
     if outcome.verdict is Verdict.AUTH:
-        reason = json.dumps(
-            {"status": outcome.status, "error": scrub(outcome.message), "since": utc_iso(now)}
-        )
-        return ["park", claimed.job_id, claimed.website, reason]
+        pause = {"status": outcome.status, "error": scrub(outcome.message), "since": utc_iso(now)}
+        return Park(claimed.job_id, claimed.website, pause)
     attempts = claimed.attempts + 1
     history = [
         *claimed.history[-19:],
@@ -127,42 +121,12 @@ def decide(
     ]
     if outcome.verdict is Verdict.TRANSIENT and policy.should_retry(attempts):
         due = now + policy.delay(attempts, random, outcome.retry_after)
-        return ["retry", claimed.job_id, due, attempts, json.dumps(history)]
+        return Retry(claimed.job_id, due, attempts, history)
     reason = "rejected" if outcome.verdict is Verdict.PERMANENT else "exhausted"
     record = dead_record(
         claimed, outcome, reason=reason, attempts=attempts, history=history, now=now
     )
-    return ["dead", claimed.job_id, json.dumps(record)]
-
-
-def dead_record(
-    claimed: Claimed,
-    outcome: Outcome,
-    *,
-    reason: str,
-    attempts: int,
-    history: list[dict[str, Any]],
-    now: float,
-) -> dict[str, Any]:
-    """A dead letter: the event (to replay it), why it died, and every attempt.
-
-    It holds the request body but never a request header, so never the API key.
-    """
-    return {
-        "job_id": claimed.job_id,
-        "transaction_id": claimed.transaction_id,
-        "website": claimed.website,
-        "data": claimed.data,
-        "reason": reason,
-        "status": outcome.status,
-        "error": scrub(outcome.message),
-        "attempts": attempts,
-        "first_attempt_at": history[0]["at"] if history else utc_iso(now),
-        "last_attempt_at": utc_iso(now),
-        "dead_at": utc_iso(now),
-        "history": history,
-        "history_json": json.dumps(history),
-    }
+    return Dead(claimed.job_id, record)
 
 
 class IngestWorker(SimpleWorker):
@@ -250,222 +214,200 @@ class IngestWorker(SimpleWorker):
     # -- the loop ------------------------------------------------------------------------------
 
     async def _run(self, burst: bool) -> None:
+        run = self._start_run()
+        try:
+            # Checked before every pass: while Redis is down each pass raises, and a stop
+            # request must still end the loop.
+            while not self._stop_requested:
+                try:
+                    if await self._poll_iteration(run, burst):
+                        break
+                except (redis.RedisError, OSError) as exc:
+                    if not redis_unavailable(exc):
+                        raise
+                    await self._back_off(run, exc)
+            await self._shutdown_gracefully(run)
+        finally:
+            await run.client.aclose()
+            await run.aconn.aclose()
+
+    def _start_run(self) -> _Run:
         aconn = connect_async(self.settings.redis_url)
-        claim = aconn.register_script(CLAIM)
-        ack = aconn.register_script(ACK)
-        reclaim = aconn.register_script(RECLAIM)
-        unpause = aconn.register_script(UNPAUSE)
         concurrency = self.settings.concurrency
         http = (
             self._transport_factory()
             if self._transport_factory
             else build_transport(self.settings, concurrency=concurrency)
         )
-        client = PaymentsClient(self.settings, http)
-        limiter = AdaptiveLimiter(concurrency)
-        in_flight: dict[str, asyncio.Task[None]] = {}
-        held: dict[str, Claimed] = {}
-        finished: list[list[Any]] = []
-        wake = asyncio.Event()
-        k = self.keys
-        lease = self.settings.lease_seconds
-        housekeeping_every = max(1.0, lease / 4)
-        next_housekeeping = 0.0
-        redis_backoff = 0.0
-        last_probe: dict[str, float] = {}
+        return _Run(aconn, PaymentsClient(self.settings, http), AdaptiveLimiter(concurrency))
 
-        async def deliver(claimed: Claimed) -> None:
-            started = time.perf_counter()
-            try:
-                # A deadline over the transport's per-phase timeouts; asyncio.timeout rather
-                # than wait_for, which would start one more task for every request.
-                async with asyncio.timeout(self.settings.request_timeout + 5):
-                    outcome = await client.send(claimed.body, claimed.website_id)
-            except TimeoutError:
-                outcome = Outcome(Verdict.TRANSIENT, None, "request exceeded its deadline")
-            except Exception as exc:  # never lose an event to a bug in a send path
-                outcome = Outcome(Verdict.TRANSIENT, None, f"{type(exc).__name__}: {exc}")
-            limiter.release(throttled=outcome.throttled, retry_after=outcome.retry_after)
-            key = "none" if outcome.status is None else str(outcome.status)
-            self.counts.statuses[key] = self.counts.statuses.get(key, 0) + 1
-            metrics.DELIVERY_SECONDS.observe(time.perf_counter() - started)
-            metrics.API_RESPONSES.labels(key).inc()
-            finished.append(
-                decide(claimed, outcome, now=self._clock(), policy=self.policy, random=self._random)
-            )
-            in_flight.pop(claimed.job_id, None)
-            wake.set()
+    async def _poll_iteration(self, run: _Run, burst: bool) -> bool:
+        """One pass: housekeeping when due, claim and start, acknowledge what finished, wait.
 
-        async def flush() -> None:
-            if not finished:
-                return
-            batch = finished[:]
-            stale = await ack(
-                keys=[
-                    k.started,
-                    k.queue,
-                    k.scheduled,
-                    k.stats,
-                    k.dead,
-                    k.dead_index,
-                    k.deferred,
-                    k.rate,
-                    k.paused,
-                ],
-                args=[
-                    self._clock(),
-                    self.name,
-                    self.settings.dedup_window,
-                    k.done_prefix,
-                    keys.JOB_PREFIX,
-                    k.parked_prefix,
-                    json.dumps(batch),
-                ],
-            )
-            del finished[: len(batch)]
-            for entry in batch:
-                held.pop(entry[1], None)
-                self._count(entry)
-            if stale:
-                self.counts.stale += int(stale)
-                self._log.warning(
-                    "outcomes for events whose lease had expired were skipped", count=int(stale)
-                )
+        Returns True when a ``burst`` run has nothing left to do.
+        """
+        if self._clock() >= run.next_housekeeping:
+            await self._housekeep(run)
+            run.next_housekeeping = self._clock() + max(1.0, self.settings.lease_seconds / 4)
+        started = await self._claim(run)
+        metrics.IN_FLIGHT.set(len(run.in_flight))
+        metrics.SEND_LIMIT.set(int(run.limiter.limit))
+        await self._acknowledge(run)
+        run.redis_backoff = 0.0
+        if run.in_flight or started:
+            run.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run.wake.wait(), timeout=0.25)
+            # Let more requests finish so they are acknowledged together.
+            await asyncio.sleep(_TICK)
+            return False
+        if burst and (self._suspended or await self._drained(run.aconn)):
+            return True
+        await asyncio.sleep(max(_IDLE_POLL, min(run.limiter.held_for(), 1.0)))
+        return False
 
-        async def housekeeping() -> None:
-            now = self._clock()
-            await asyncio.to_thread(self.heartbeat)
-            # `rq suspend` holds every worker: we stop claiming, requests in flight finish.
-            suspended = await asyncio.to_thread(is_suspended, self.connection, self)
-            if suspended != self._suspended:
-                self._suspended = suspended
-                self.set_state(WorkerStatus.SUSPENDED if suspended else WorkerStatus.BUSY)
-                self._log.warning(
-                    "worker suspended by `rq suspend`" if suspended else "worker resumed"
-                )
-            if held:
-                members: dict[str, float] = {f"{jid}:{self.name}": now + lease for jid in held}
-                await aconn.zadd(k.started, members, xx=True)
-            returned = await reclaim(keys=[k.started, k.queue], args=[now, 1000, keys.JOB_PREFIX])
-            if returned:
-                self.counts.reclaimed += int(returned)
-                metrics.RECLAIMED.inc(int(returned))
-                self._log.warning(
-                    "events of a dead worker put back on the queue", count=int(returned)
-                )
-            old = [f for f in await aconn.hkeys(k.rate) if int(f) < now - 120]
-            if old:
-                await aconn.hdel(k.rate, *old)
-            await self._probe_paused(aconn, client, unpause, last_probe, now)
+    async def _housekeep(self, run: _Run) -> None:
+        """Tell RQ we are alive, renew our leases, put back the events of dead workers,
+        forget old rate counts, and probe paused websites that are due."""
+        now = self._clock()
+        await asyncio.to_thread(self.heartbeat)
+        await self._follow_suspension()
+        if run.held:
+            lease_until = now + self.settings.lease_seconds
+            members = {f"{job_id}:{self.name}": lease_until for job_id in run.held}
+            await run.aconn.zadd(self.keys.started, members, xx=True)
+        returned = await reclaim(run.aconn, self.keys, now=now)
+        if returned:
+            self.counts.reclaimed += returned
+            metrics.RECLAIMED.inc(returned)
+            self._log.warning("events of a dead worker put back on the queue", count=returned)
+        old = [f for f in await run.aconn.hkeys(self.keys.rate) if int(f) < now - 120]
+        if old:
+            await run.aconn.hdel(self.keys.rate, *old)
+        await self._probe_paused(run, now)
 
+    async def _follow_suspension(self) -> None:
+        # `rq suspend` holds every worker: we stop claiming, requests in flight finish.
+        suspended = await asyncio.to_thread(is_suspended, self.connection, self)
+        if suspended != self._suspended:
+            self._suspended = suspended
+            self.set_state(WorkerStatus.SUSPENDED if suspended else WorkerStatus.BUSY)
+            self._log.warning("worker suspended by `rq suspend`" if suspended else "worker resumed")
+
+    async def _claim(self, run: _Run) -> int:
+        """Lease as many events as there is room for and start sending each; how many."""
+        free = 0 if self._suspended else run.limiter.free_slots()
+        if free <= 0:
+            return 0
+        now = self._clock()
+        lease_until = now + self.settings.lease_seconds
+        claims = await claim(
+            run.aconn, self.keys, now=now, lease_until=lease_until, worker=self.name, limit=free
+        )
+        started = 0
+        for claimed in claims:
+            if claimed.job_id in run.held:
+                # Our own request for it is still out (its lease ran out and it was put
+                # back): CLAIM renewed our lease, and that request's answer settles it.
+                # Sending again would let the older answer be applied to the newer claim.
+                continue
+            run.held[claimed.job_id] = claimed
+            run.limiter.take(1)
+            run.in_flight[claimed.job_id] = asyncio.create_task(self._deliver(run, claimed))
+            started += 1
+        self.counts.claimed += started
+        return started
+
+    async def _deliver(self, run: _Run, claimed: Claimed) -> None:
+        """Send one event; what becomes of it waits in ``run.finished`` to be acknowledged."""
+        started = time.perf_counter()
         try:
-            while True:
-                try:
-                    # First: while Redis is down housekeeping raises on every pass, and a
-                    # stop request must still end the loop.
-                    if self._stop_requested:
-                        break
-                    if self._clock() >= next_housekeeping:
-                        await housekeeping()
-                        next_housekeeping = self._clock() + housekeeping_every
-                    claimed_now = 0
-                    free = 0 if self._suspended else limiter.free_slots()
-                    if free > 0:
-                        now = self._clock()
-                        rows = await claim(
-                            keys=[k.queue, k.started, k.scheduled, k.paused],
-                            args=[
-                                now,
-                                now + lease,
-                                self.name,
-                                free,
-                                keys.JOB_PREFIX,
-                                k.parked_prefix,
-                                1000,
-                            ],
-                        )
-                        for i in range(0, len(rows), _CLAIM_FIELDS):
-                            claimed = Claimed.from_claim(rows[i : i + _CLAIM_FIELDS])
-                            if claimed.job_id in held:
-                                # Our own request for it is still out (its lease ran out
-                                # and it was put back): CLAIM renewed our lease, and that
-                                # request's answer settles it. Sending again would let the
-                                # older answer be applied to the newer claim.
-                                continue
-                            held[claimed.job_id] = claimed
-                            limiter.take(1)
-                            in_flight[claimed.job_id] = asyncio.create_task(deliver(claimed))
-                            claimed_now += 1
-                        self.counts.claimed += claimed_now
-                    metrics.IN_FLIGHT.set(len(in_flight))
-                    metrics.SEND_LIMIT.set(int(limiter.limit))
-                    await flush()
-                    redis_backoff = 0.0
-                    if not in_flight and claimed_now == 0:
-                        if burst and (self._suspended or await self._drained(aconn)):
-                            break
-                        await asyncio.sleep(max(_IDLE_POLL, min(limiter.held_for(), 1.0)))
-                    else:
-                        wake.clear()
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(wake.wait(), timeout=0.25)
-                        # Let more requests finish so they are acknowledged together.
-                        await asyncio.sleep(_TICK)
-                except (redis.RedisError, OSError) as exc:
-                    if not redis_unavailable(exc):
-                        raise
-                    # Redis is down, restarting or refusing writes for now: keep what we
-                    # hold, back off, try again.
-                    # Leases may run out meanwhile; then another worker re-sends those events
-                    # and our late acknowledgements are skipped (the API dedups the resend).
-                    redis_backoff = min(5.0, max(0.1, redis_backoff * 2))
-                    self._log.warning(
-                        "redis unavailable, retrying",
-                        error=type(exc).__name__,
-                        retry_in=redis_backoff,
-                    )
-                    stop_by = time.monotonic() + redis_backoff
-                    while not self._stop_requested and time.monotonic() < stop_by:
-                        await asyncio.sleep(0.05)
-            await self._shutdown_gracefully(in_flight, held, finished, flush)
-        finally:
-            await client.aclose()
-            await aconn.aclose()
+            # A deadline over the transport's per-phase timeouts; asyncio.timeout rather
+            # than wait_for, which would start one more task for every request.
+            async with asyncio.timeout(self.settings.request_timeout + 5):
+                outcome = await run.client.send(claimed.body, claimed.website_id)
+        except TimeoutError:
+            outcome = Outcome(Verdict.TRANSIENT, None, "request exceeded its deadline")
+        except Exception as exc:  # never lose an event to a bug in a send path
+            outcome = Outcome(Verdict.TRANSIENT, None, f"{type(exc).__name__}: {exc}")
+        run.limiter.release(throttled=outcome.throttled, retry_after=outcome.retry_after)
+        status = "none" if outcome.status is None else str(outcome.status)
+        self.counts.statuses[status] = self.counts.statuses.get(status, 0) + 1
+        metrics.DELIVERY_SECONDS.observe(time.perf_counter() - started)
+        metrics.API_RESPONSES.labels(status).inc()
+        run.finished.append(
+            decide(claimed, outcome, now=self._clock(), policy=self.policy, random=self._random)
+        )
+        run.in_flight.pop(claimed.job_id, None)
+        run.wake.set()
 
-    async def _shutdown_gracefully(
-        self,
-        in_flight: dict[str, asyncio.Task[None]],
-        held: dict[str, Claimed],
-        finished: list[list[Any]],
-        flush: Callable[[], Any],
-    ) -> None:
-        deadline = time.monotonic() + self.settings.shutdown_grace
-        while in_flight and not self._stop_now and time.monotonic() < deadline:
+    async def _acknowledge(self, run: _Run) -> None:
+        """Record every finished request in one ``ACK`` call, then let go of those events."""
+        if not run.finished:
+            return
+        batch = run.finished[:]
+        stale = await ack(
+            run.aconn,
+            self.keys,
+            batch,
+            now=self._clock(),
+            worker=self.name,
+            dedup_window=self.settings.dedup_window,
+        )
+        del run.finished[: len(batch)]
+        for entry in batch:
+            run.held.pop(entry.job_id, None)
+            self._count(entry)
+        if stale:
+            self.counts.stale += stale
+            self._log.warning(
+                "outcomes for events whose lease had expired were skipped", count=stale
+            )
+
+    async def _back_off(self, run: _Run, exc: BaseException) -> None:
+        # Redis is down, restarting or refusing writes for now: keep what we hold, back
+        # off, try again. Leases may run out meanwhile; then another worker re-sends those
+        # events and our late acknowledgements are skipped (the API dedups the resend).
+        run.redis_backoff = min(5.0, max(0.1, run.redis_backoff * 2))
+        self._log.warning(
+            "redis unavailable, retrying", error=type(exc).__name__, retry_in=run.redis_backoff
+        )
+        stop_by = time.monotonic() + run.redis_backoff
+        while not self._stop_requested and time.monotonic() < stop_by:
             await asyncio.sleep(0.05)
-        tasks = list(in_flight.values())
+
+    async def _shutdown_gracefully(self, run: _Run) -> None:
+        """Let requests in flight finish within the grace period, then hand back the rest.
+
+        (Not ``_shutdown``: that is RQ's, which its own stop request calls.)
+        """
+        deadline = time.monotonic() + self.settings.shutdown_grace
+        while run.in_flight and not self._stop_now and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        tasks = list(run.in_flight.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        done_ids = {entry[1] for entry in finished}
-        for job_id in list(held):
-            if job_id not in done_ids:
-                finished.append(["return", job_id])
+        done_ids = {entry.job_id for entry in run.finished}
+        run.finished.extend(Return(job_id) for job_id in list(run.held) if job_id not in done_ids)
         # Hand back within the grace period (at least one try): whatever cannot be written
         # back returns by itself when its lease expires, so waiting longer buys nothing.
-        write_back_until = max(deadline, time.monotonic() + 1.0)
+        await self._hand_back(run, until=max(deadline, time.monotonic() + 1.0))
+
+    async def _hand_back(self, run: _Run, *, until: float) -> None:
         attempt = 0
         while True:
             try:
-                await flush()
-                break
+                await self._acknowledge(run)
+                return
             except (redis.ConnectionError, redis.TimeoutError, OSError):
-                if self._stop_now or time.monotonic() >= write_back_until:
+                if self._stop_now or time.monotonic() >= until:
                     self._log.warning(
                         "redis unavailable at shutdown: events in hand return when their "
                         "leases expire",
-                        count=len(finished),
+                        count=len(run.finished),
                     )
-                    break
+                    return
                 await asyncio.sleep(min(0.5, 0.1 * 2**attempt))
                 attempt += 1
 
@@ -479,90 +421,79 @@ class IngestWorker(SimpleWorker):
             counts = await pipe.execute()
         return all(int(n) == 0 for n in counts)
 
-    async def _probe_paused(
-        self,
-        aconn: redis.asyncio.Redis,
-        client: PaymentsClient,
-        unpause: Any,
-        last_probe: dict[str, float],
-        now: float,
-    ) -> None:
+    # -- websites paused by an auth failure ---------------------------------------------------
+
+    async def _probe_paused(self, run: _Run, now: float) -> None:
         """Try one parked event per paused website now and then; success lifts the pause.
 
         An operator can ask for a probe now (``ingest:{q}:probe``, the console's button);
         whichever worker sees the request first runs it.
         """
-        paused = await aconn.hgetall(self.keys.paused)
+        paused = await run.aconn.hgetall(self.keys.paused)
         if not paused:
             return
         for raw_site, raw_reason in paused.items():
             site = text(raw_site)
-            requested = bool(await aconn.srem(self.keys.probe_requests, site))
-            if (
-                not requested
-                and now - last_probe.get(site, 0.0) < self.settings.auth_probe_interval
-            ):
+            requested = bool(await run.aconn.srem(self.keys.probe_requests, site))
+            last = run.last_probe.get(site, 0.0)
+            if not requested and now - last < self.settings.auth_probe_interval:
                 continue
-            last_probe[site] = now
-            await aconn.hset(
-                self.keys.paused,
-                site,
-                json.dumps({**json.loads(raw_reason), "last_probe_at": utc_iso(now)}),
-            )
-            parked_key = self.keys.parked(site)
-            head = await aconn.lindex(parked_key, 0)
-            if head is None:
-                await unpause(
-                    keys=[parked_key, self.keys.queue, self.keys.paused],
-                    args=[site, keys.JOB_PREFIX],
-                )
-                continue
-            data = await aconn.hget(keys.job_key(text(head)), "data")
-            if data is None:
-                await aconn.lrem(parked_key, 1, text(head))
-                continue
-            _f, _i, args, _kw = json.loads(data)
-            outcome = await client.send(args[0], args[1])
-            if outcome.verdict is Verdict.AUTH:
-                self._log.error(
-                    "delivery paused: the Payments API refuses our credentials",
-                    website=site,
-                    status=outcome.status,
-                    api_message=scrub(outcome.message),
-                    paused_since=json.loads(raw_reason).get("since"),
-                )
-                continue
-            released = await unpause(
-                keys=[parked_key, self.keys.queue, self.keys.paused], args=[site, keys.JOB_PREFIX]
-            )
-            self._log.warning(
-                "delivery resumed: credentials accepted again", website=site, released=int(released)
-            )
+            run.last_probe[site] = now
+            await self._probe(run, site, json.loads(raw_reason), now)
 
-    def _count(self, entry: list[Any]) -> None:
-        kind = entry[0]
-        c = self.counts
-        if kind == "ok":
-            c.delivered += 1
-            c.api_duplicates += entry[2]
-            metrics.DELIVERIES.labels("duplicate" if entry[2] else "delivered").inc()
-        elif kind == "retry":
-            c.retried += 1
-            metrics.DELIVERIES.labels("retried").inc()
-        elif kind == "dead":
-            c.dead_lettered += 1
-            metrics.DELIVERIES.labels("dead_lettered").inc()
-        elif kind == "park":
-            c.parked += 1
-            metrics.DELIVERIES.labels("parked").inc()
+    async def _probe(self, run: _Run, site: str, reason: dict[str, Any], now: float) -> None:
+        aconn = run.aconn
+        await aconn.hset(
+            self.keys.paused, site, json.dumps({**reason, "last_probe_at": utc_iso(now)})
+        )
+        parked_key = self.keys.parked(site)
+        head = await aconn.lindex(parked_key, 0)
+        if head is None:
+            await unpause(aconn, self.keys, site)
+            return
+        data = await aconn.hget(keys.job_key(text(head)), "data")
+        if data is None:
+            await aconn.lrem(parked_key, 1, text(head))
+            return
+        outcome = await run.client.send(*job_args(data))
+        if outcome.verdict is Verdict.AUTH:
             self._log.error(
                 "delivery paused: the Payments API refuses our credentials",
-                website=entry[2],
-                reason=entry[3],
+                website=site,
+                status=outcome.status,
+                api_message=scrub(outcome.message),
+                paused_since=reason.get("since"),
             )
-        elif kind == "return":
-            c.returned += 1
-            metrics.DELIVERIES.labels("returned").inc()
+            return
+        released = await unpause(aconn, self.keys, site)
+        self._log.warning(
+            "delivery resumed: credentials accepted again", website=site, released=released
+        )
+
+    def _count(self, entry: Acknowledgement) -> None:
+        c = self.counts
+        match entry:
+            case Delivered(api_duplicate=duplicate):
+                c.delivered += 1
+                c.api_duplicates += int(duplicate)
+                metrics.DELIVERIES.labels("duplicate" if duplicate else "delivered").inc()
+            case Retry():
+                c.retried += 1
+                metrics.DELIVERIES.labels("retried").inc()
+            case Dead():
+                c.dead_lettered += 1
+                metrics.DELIVERIES.labels("dead_lettered").inc()
+            case Park(website=website, reason=reason):
+                c.parked += 1
+                metrics.DELIVERIES.labels("parked").inc()
+                self._log.error(
+                    "delivery paused: the Payments API refuses our credentials",
+                    website=website,
+                    reason=json.dumps(reason),
+                )
+            case Return():
+                c.returned += 1
+                metrics.DELIVERIES.labels("returned").inc()
 
 
 def _summary(counts: WorkerCounts) -> dict[str, Any]:

@@ -25,7 +25,9 @@ from ingest.delivery import (
     deliver_payment,
 )
 from ingest.errors import AuthenticationError, ConfigurationError, DeliveryError
+from ingest.jobs import Claimed, job_args, job_data
 from ingest.models import validate_payment
+from ingest.retry import RetryPolicy
 from ingest.sandbox import (
     DEFAULT_ACCOUNT_TOKEN,
     DEFAULT_WEBSITE_ID,
@@ -33,7 +35,9 @@ from ingest.sandbox import (
     FailSpec,
     SandboxServer,
 )
+from ingest.scripts import Acknowledgement, Dead, Delivered, Park, Retry
 from ingest.settings import Settings
+from ingest.worker import decide
 
 WEBSITE = "0123456789abcdef01234567"
 DUPLICATE_MESSAGE = b'{"message":"Duplicate payment skipped: transaction_id already recorded"}'
@@ -162,6 +166,109 @@ def test_website_key_adds_no_parameter() -> None:
 def test_credentials_without_a_key_are_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError):
         Credentials(Settings(api_key=None))
+
+
+# -- decide: what the worker does with each classified answer, row by row --------------------------
+
+AT = "2027-01-15T08:00:00.000Z"  # NOW, as the worker writes it
+POLICY = RetryPolicy(max_attempts=3, base=2.0, cap=60.0)
+EARLIER = {"at": "2027-01-15T07:59:00.000Z", "status": 503, "error": "busy"}
+
+
+def claimed_event(attempts: int) -> Claimed:
+    """An event that has failed ``attempts`` times before (the last time with EARLIER)."""
+    payment = validate_payment(
+        amount="29.99", currency="USD", transaction_id="pi_decide", timestamp=AT
+    )
+    data = job_data(payment)
+    return Claimed(
+        job_id=payment.job_id,
+        data=data,
+        website="-",
+        attempts=attempts,
+        history=[EARLIER] if attempts else [],
+        body=job_args(data).body,
+        website_id=None,
+    )
+
+
+def dead_letter(reason: str, status: int, error: str, attempts: int) -> Dead:
+    claimed = claimed_event(attempts - 1)
+    history = [*claimed.history, {"at": AT, "status": status, "error": error}]
+    return Dead(
+        claimed.job_id,
+        {
+            "job_id": claimed.job_id,
+            "transaction_id": "pi_decide",
+            "website": "-",
+            "data": claimed.data,
+            "reason": reason,
+            "status": status,
+            "error": error,
+            "attempts": attempts,
+            "first_attempt_at": history[0]["at"],
+            "last_attempt_at": AT,
+            "dead_at": AT,
+            "history": history,
+            "history_json": json.dumps(history),
+        },
+    )
+
+
+JOB = claimed_event(0).job_id
+
+
+@pytest.mark.parametrize(
+    ("attempts_before", "outcome", "expected"),
+    [
+        pytest.param(
+            0, Outcome(Verdict.DELIVERED, 200, "Payment recorded"), Delivered(JOB), id="delivered"
+        ),
+        pytest.param(
+            1,
+            Outcome(Verdict.DUPLICATE, 200, "Duplicate payment skipped"),
+            Delivered(JOB, api_duplicate=True),
+            id="duplicate",
+        ),
+        pytest.param(
+            1,
+            Outcome(Verdict.AUTH, 401, "Invalid API key"),
+            Park(JOB, "-", {"status": 401, "error": "Invalid API key", "since": AT}),
+            id="auth-parks-without-counting-an-attempt",
+        ),
+        pytest.param(
+            1,
+            Outcome(Verdict.TRANSIENT, 503, "unavailable"),
+            # Second failure: jitter 0.5 of min(cap, base * 2**1) = 2 s.
+            Retry(JOB, NOW + 2.0, 2, [EARLIER, {"at": AT, "status": 503, "error": "unavailable"}]),
+            id="transient-retries",
+        ),
+        pytest.param(
+            0,
+            Outcome(Verdict.TRANSIENT, 429, "slow down", retry_after=30.0),
+            # Retry-After is a floor, plus up to 10% (half of it with random() = 0.5).
+            Retry(JOB, NOW + 31.5, 1, [{"at": AT, "status": 429, "error": "slow down"}]),
+            id="transient-honours-retry-after",
+        ),
+        pytest.param(
+            2,
+            Outcome(Verdict.TRANSIENT, 503, "unavailable"),
+            dead_letter("exhausted", 503, "unavailable", attempts=3),
+            id="transient-out-of-attempts-is-dead",
+        ),
+        pytest.param(
+            1,
+            Outcome(Verdict.PERMANENT, 400, "invalid payment: amount"),
+            dead_letter("rejected", 400, "invalid payment: amount", attempts=2),
+            id="permanent-is-dead-at-once",
+        ),
+    ],
+)
+def test_decide_turns_each_outcome_into_its_acknowledgement(
+    attempts_before: int, outcome: Outcome, expected: Acknowledgement
+) -> None:
+    claimed = claimed_event(attempts_before)
+    assert decide(claimed, outcome, now=NOW, policy=POLICY, random=lambda: 0.5) == expected
 
 
 # -- PaymentsClient against the sandbox (integration) ----------------------------------------------

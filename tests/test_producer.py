@@ -5,15 +5,16 @@ Integration lane: the session's redis-server (``redis_url`` is emptied for every
 
 from __future__ import annotations
 
-import json
+import asyncio
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
+import redis.asyncio
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
@@ -21,16 +22,19 @@ from rq.serializers import JSONSerializer
 from ingest import keys
 from ingest.delivery import Outcome, Verdict
 from ingest.errors import ValidationError
+from ingest.jobs import Claimed
 from ingest.models import Payment, validate_payment
 from ingest.producer import Producer, Receipt, Rejected, enqueue_payment, enqueue_payments
 from ingest.retry import RetryPolicy
-from ingest.scripts import ACK, CLAIM, ENQUEUE
+from ingest.scripts import ENQUEUE, Retry, ack, claim
 from ingest.settings import Settings
-from ingest.worker import Claimed, decide
+from ingest.worker import decide
 
 pytestmark = pytest.mark.integration
 
 QUEUE = keys.QueueKeys("payments")
+T = TypeVar("T")
+WEBSITE = "0123456789abcdef01234567"
 NOW = datetime(2026, 5, 1, 12, tzinfo=UTC)
 
 
@@ -100,42 +104,36 @@ def queued_ids(client: redis.Redis) -> list[str]:
 # -- what the worker does with an event, via its own scripts ---------------------------------------
 
 
-def claim_all(client: redis.Redis, worker: str = "test-worker") -> list[Claimed]:
+def run_on(redis_url: str, call: Callable[[redis.asyncio.Redis], Awaitable[T]]) -> T:
+    """Run one of the worker's script wrappers (they are async) on the test's Redis."""
+
+    async def main() -> T:
+        conn = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            return await call(conn)
+        finally:
+            await conn.aclose()
+
+    return asyncio.run(main())
+
+
+def claim_all(redis_url: str, worker: str = "test-worker") -> list[Claimed]:
     now = time.time()
-    rows = client.register_script(CLAIM)(
-        keys=[QUEUE.queue, QUEUE.started, QUEUE.scheduled, QUEUE.paused],
-        args=[now, now + 30, worker, 100, keys.JOB_PREFIX, QUEUE.parked_prefix, 1000],
+    return run_on(
+        redis_url,
+        lambda conn: claim(conn, QUEUE, now=now, lease_until=now + 30, worker=worker, limit=100),
     )
-    return [Claimed.from_claim(rows[i : i + 6]) for i in range(0, len(rows), 6)]
 
 
 def acknowledge(
-    client: redis.Redis, claimed: Claimed, outcome: Outcome, worker: str = "test-worker"
+    redis_url: str, claimed: Claimed, outcome: Outcome, worker: str = "test-worker"
 ) -> None:
     now = time.time()
     policy = RetryPolicy(max_attempts=1, base=1.0, cap=1.0)
     entry = decide(claimed, outcome, now=now, policy=policy, random=lambda: 0.5)
-    stale = client.register_script(ACK)(
-        keys=[
-            QUEUE.started,
-            QUEUE.queue,
-            QUEUE.scheduled,
-            QUEUE.stats,
-            QUEUE.dead,
-            QUEUE.dead_index,
-            QUEUE.deferred,
-            QUEUE.rate,
-            QUEUE.paused,
-        ],
-        args=[
-            now,
-            worker,
-            3600,
-            QUEUE.done_prefix,
-            keys.JOB_PREFIX,
-            QUEUE.parked_prefix,
-            json.dumps([entry]),
-        ],
+    stale = run_on(
+        redis_url,
+        lambda conn: ack(conn, QUEUE, [entry], now=now, worker=worker, dedup_window=3600),
     )
     assert stale == 0
 
@@ -261,59 +259,106 @@ def test_refund_enqueued_while_its_payment_is_queued_is_deferred(
 
 
 def test_deferred_refund_is_queued_when_its_payment_is_delivered(
-    producer: Producer, redis_client: redis.Redis
+    producer: Producer,
+    redis_client: redis.Redis,
+    redis_url: str,
 ) -> None:
     producer.enqueue(payment("pi_then_refund"))
     refund = producer.enqueue(payment("pi_then_refund", refunded=True))
-    [claimed] = claim_all(redis_client)
-    acknowledge(redis_client, claimed, DELIVERED)
+    [claimed] = claim_all(redis_url)
+    acknowledge(redis_url, claimed, DELIVERED)
     assert queued_ids(redis_client) == [refund.job_id]
     assert redis_client.zcard(QUEUE.deferred) == 0
     assert redis_client.hget(keys.job_key(refund.job_id), "status") == b"queued"
 
 
 def test_deferred_refund_is_queued_when_its_payment_is_dead_lettered(
-    producer: Producer, redis_client: redis.Redis
+    producer: Producer,
+    redis_client: redis.Redis,
+    redis_url: str,
 ) -> None:
     producer.enqueue(payment("pi_refused"))
     refund = producer.enqueue(payment("pi_refused", refunded=True))
-    [claimed] = claim_all(redis_client)
-    acknowledge(redis_client, claimed, REJECTED)
+    [claimed] = claim_all(redis_url)
+    acknowledge(redis_url, claimed, REJECTED)
     assert queued_ids(redis_client) == [refund.job_id]
     assert redis_client.zcard(QUEUE.deferred) == 0
 
 
 def test_refund_enqueued_while_its_payment_is_in_flight_is_queued_when_it_is_delivered(
-    producer: Producer, redis_client: redis.Redis
+    producer: Producer,
+    redis_client: redis.Redis,
+    redis_url: str,
 ) -> None:
     producer.enqueue(payment("pi_in_flight"))
-    [claimed] = claim_all(redis_client)  # a worker is sending the payment right now
+    [claimed] = claim_all(redis_url)  # a worker is sending the payment right now
     refund = producer.enqueue(payment("pi_in_flight", refunded=True))
     assert refund.status == "deferred"
-    acknowledge(redis_client, claimed, DELIVERED)
+    acknowledge(redis_url, claimed, DELIVERED)
     assert queued_ids(redis_client) == [refund.job_id]
     assert redis_client.zcard(QUEUE.deferred) == 0
 
 
 def test_refund_of_a_delivered_payment_is_queued_at_once(
-    producer: Producer, redis_client: redis.Redis
+    producer: Producer,
+    redis_client: redis.Redis,
+    redis_url: str,
 ) -> None:
     producer.enqueue(payment("pi_done"))
-    [claimed] = claim_all(redis_client)
-    acknowledge(redis_client, claimed, DELIVERED)
+    [claimed] = claim_all(redis_url)
+    acknowledge(redis_url, claimed, DELIVERED)
     refund = producer.enqueue(payment("pi_done", refunded=True))
     assert refund.status == "queued"
     assert queued_ids(redis_client) == [refund.job_id]
 
 
 def test_event_enqueued_again_after_delivery_is_a_duplicate(
-    producer: Producer, redis_client: redis.Redis
+    producer: Producer,
+    redis_client: redis.Redis,
+    redis_url: str,
 ) -> None:
     producer.enqueue(payment("pi_delivered"))
-    [claimed] = claim_all(redis_client)
-    acknowledge(redis_client, claimed, DELIVERED)
+    [claimed] = claim_all(redis_url)
+    acknowledge(redis_url, claimed, DELIVERED)
     assert producer.enqueue(payment("pi_delivered")).duplicate
     assert redis_client.llen(QUEUE.queue) == 0
+
+
+def test_claim_reads_several_events_at_once_each_into_its_own_row(
+    producer: Producer, redis_url: str
+) -> None:
+    retried = producer.enqueue(payment("pi_retried"))
+    [first_try] = claim_all(redis_url)
+    history = [{"at": "2026-05-01T12:00:00.000Z", "status": 503, "error": "unavailable"}]
+    stale = run_on(
+        redis_url,
+        lambda conn: ack(
+            conn,
+            QUEUE,
+            [Retry(first_try.job_id, due=time.time() - 1, attempts=1, history=history)],
+            now=time.time(),
+            worker="test-worker",
+            dedup_window=3600,
+        ),
+    )
+    assert stale == 0
+    plain = producer.enqueue(payment("pi_plain"))
+    site = producer.enqueue(payment("pi_site", website_id=WEBSITE))
+
+    claimed = claim_all(redis_url)
+
+    # Queued first, then the retry that had come due (CLAIM appends those to the queue).
+    assert [(c.job_id, c.transaction_id) for c in claimed] == [
+        (plain.job_id, "pi_plain"),
+        (site.job_id, "pi_site"),
+        (retried.job_id, "pi_retried"),
+    ]
+    assert [(c.website, c.website_id) for c in claimed] == [
+        (keys.DEFAULT_SITE, None),
+        (WEBSITE, WEBSITE),
+        (keys.DEFAULT_SITE, None),
+    ]
+    assert [(c.attempts, c.history) for c in claimed] == [(0, []), (0, []), (1, history)]
 
 
 def test_invalid_event_never_reaches_redis(producer: Producer, redis_client: redis.Redis) -> None:

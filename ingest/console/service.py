@@ -25,9 +25,9 @@ from ingest import keys
 from ingest.deadletter import DeadLetter, DeadLetterFilter, DeadLetterStore
 from ingest.errors import NotFoundError
 from ingest.logs import get_logger
-from ingest.retry import utc_iso
 from ingest.settings import Settings
 from ingest.stats import read_accounting
+from ingest.timestamps import utc_iso
 
 from . import schemas
 from .config import ConsoleOptions
@@ -71,10 +71,6 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ("" if value is None else str(value))
 
 
-def _iso(value: float) -> str:
-    return utc_iso(value)
-
-
 def _stamp(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
 
@@ -96,9 +92,9 @@ def describe(target: Target) -> str:
     if s.transaction_contains:
         parts.append(f"transaction id containing {s.transaction_contains!r}")
     if s.since is not None:
-        parts.append(f"died at or after {_iso(s.since)}")
+        parts.append(f"died at or after {utc_iso(s.since)}")
     if s.until is not None:
-        parts.append(f"died at or before {_iso(s.until)}")
+        parts.append(f"died at or before {utc_iso(s.until)}")
     return "dead letters with " + ", ".join(parts) if parts else "every dead letter"
 
 
@@ -226,7 +222,7 @@ class Console:
             return None
         if then.tzinfo is None:
             then = then.replace(tzinfo=UTC)
-        return _iso(then.timestamp() + self.settings.auth_probe_interval)
+        return utc_iso(then.timestamp() + self.settings.auth_probe_interval)
 
     def request_probe(self, website: str, *, actor: str) -> bool:
         """Ask the workers to probe ``website`` now; False if it is not paused."""

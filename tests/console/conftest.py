@@ -2,7 +2,7 @@
 served in-process through httpx's ASGI transport (no socket, no server thread).
 
 Dead letters are written the way the worker writes them (the record of
-``ingest.worker.dead_record``, the ``dead_lettered`` and ``enqueued`` counters of the ACK
+``ingest.deadletter.dead_record``, the ``dead_lettered`` and ``enqueued`` counters of the ACK
 script), from real validated payments, so a replayed one is an event a worker can deliver.
 """
 
@@ -25,10 +25,10 @@ import redis
 from ingest import keys
 from ingest.console.app import create_app
 from ingest.console.config import ConsoleOptions
+from ingest.jobs import job_data
 from ingest.models import validate_payment
-from ingest.producer import job_data
-from ingest.retry import utc_iso
 from ingest.settings import Settings
+from ingest.timestamps import utc_iso
 
 QUEUE = "payments"
 BASE = "http://127.0.0.1:8000"
@@ -60,7 +60,7 @@ class Letter:
 
 
 def record(letter: Letter, now: float) -> tuple[str, dict[str, Any]]:
-    """(job id, dead-letter record) as ``ingest.worker.dead_record`` writes them."""
+    """(job id, dead-letter record) as ``ingest.deadletter.dead_record`` writes them."""
     payment = validate_payment(
         amount=Decimal("29.99"),
         currency="usd",

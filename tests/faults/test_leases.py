@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
+import redis.asyncio
 
-from ingest import keys
-from ingest.scripts import RECLAIM
+from ingest.scripts import reclaim
 
 from .harness import FaultStack, assert_accounted, payment_ids
 
 pytestmark = pytest.mark.integration
 
 LATENCY = 3.0
+
+
+async def reclaim_as_if_at(stack: FaultStack, moment: float) -> int:
+    """Another worker's housekeeping, run at ``moment``: expired leases go back."""
+    conn = redis.asyncio.Redis.from_url(stack.redis_url)
+    try:
+        return await reclaim(conn, stack.keys, now=moment)
+    finally:
+        await conn.aclose()
 
 
 def test_answer_to_an_expired_claim_is_not_applied_to_the_same_workers_new_claim(
@@ -28,12 +38,7 @@ def test_answer_to_an_expired_claim_is_not_applied_to_the_same_workers_new_claim
     # Their leases run out while the requests are in flight (as after a long pause of the
     # worker): another worker's housekeeping puts the events back on the queue, and this
     # worker, which has room, claims them again at once.
-    reclaim = stack.connection.register_script(RECLAIM)
-    far_future = time.time() + 3600
-    returned = reclaim(
-        keys=[stack.keys.started, stack.keys.queue], args=[far_future, 1000, keys.JOB_PREFIX]
-    )
-    assert returned == 4
+    assert asyncio.run(reclaim_as_if_at(stack, time.time() + 3600)) == 4
     time.sleep(LATENCY + 1.0)  # every request sent by now has been answered
     stack.wait_drained(timeout=30)
     time.sleep(0.5)  # and every answer acknowledged or skipped

@@ -17,6 +17,7 @@ import redis
 
 from ingest import keys
 from ingest.embedded import RedisServer
+from ingest.jobs import job_args
 from ingest.sandbox import DEFAULT_WEBSITE_KEY, FailSpec, RecordView, SandboxServer
 from ingest.stats import Accounting, read_accounting
 
@@ -142,8 +143,7 @@ class Held:
 
 def held(client: redis.Redis, visitor: str) -> Held:
     def visitor_of(data: bytes) -> str:
-        _function, _instance, args, _kwargs = json.loads(data)
-        return str(json.loads(args[0]).get("datafast_visitor_id"))
+        return str(json.loads(job_args(data).body).get("datafast_visitor_id"))
 
     queued = 0
     for job_id in client.lrange(QUEUE.queue, 0, -1):

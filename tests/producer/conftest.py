@@ -25,6 +25,7 @@ from prometheus_client import REGISTRY
 
 from ingest import keys
 from ingest.embedded import free_port
+from ingest.jobs import job_args
 from ingest.producer import AsyncProducer, Producer
 from ingest.settings import Settings
 
@@ -242,8 +243,7 @@ def queued_transaction_ids(client: redis.Redis) -> list[str]:
     for job_id in ids:
         data = client.hget(keys.job_key(job_id), "data")
         assert data is not None, f"queued id {job_id} has no job hash"
-        _function, _instance, (body, _website), _kwargs = json.loads(data)
-        result.append(json.loads(body)["transaction_id"])
+        result.append(json.loads(job_args(data).body)["transaction_id"])
     return result
 
 
