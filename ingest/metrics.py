@@ -2,9 +2,12 @@
 
 Process-local figures (what this producer or worker did) are prometheus-client metrics in
 the default registry; queue-wide figures (depth, dead letters, the accounting identity) are
-read from Redis by :func:`ingest.stats.read_accounting` and exported as gauges by
-``ingest metrics``. Names follow Prometheus conventions: ``_total`` counters, base units
-(seconds), no PII or secret in any label.
+read from Redis by :func:`ingest.stats.read_accounting` and exported by ``ingest metrics``.
+Names follow Prometheus conventions: ``_total`` counters, base units (seconds), no PII or
+secret in any label, a ``queue`` label on every per-queue series, and rates left to PromQL.
+Where a label splits events (``outcome``, ``state``), its values never overlap, so ``sum()``
+over it means something: ``sum(ingest_events_finished_total) + sum(ingest_events)`` is every
+event enqueued, and ``ingest_accounting_lost_events`` what is missing from that.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 ENQUEUED = Counter(
     "ingest_producer_events_total",
     "Events handed to enqueue_payment, by result.",
-    ["result"],  # queued, deferred, duplicate, spooled
+    ["queue", "result"],  # queued, deferred, duplicate, spooled
 )
 REJECTED = Counter(
     "ingest_producer_rejected_total",
@@ -26,7 +29,7 @@ REJECTED = Counter(
     ["field"],
 )
 REDIS_ERRORS = Counter(
-    "ingest_producer_redis_errors_total", "Producer calls to Redis that failed.", ["kind"]
+    "ingest_producer_redis_errors_total", "Producer calls to Redis that failed.", ["queue", "kind"]
 )
 SPOOL_EVENTS = Gauge("ingest_producer_spool_events", "Events kept on local disk waiting for Redis.")
 SPOOL_FULL = Counter(
@@ -36,25 +39,50 @@ SPOOL_FULL = Counter(
 DELIVERIES = Counter(
     "ingest_worker_deliveries_total",
     "Finished delivery attempts, by outcome.",
-    ["outcome"],  # delivered, duplicate, retried, dead_lettered, parked, returned
+    ["queue", "outcome"],  # delivered, duplicate, retried, dead_lettered, parked, returned
 )
 API_RESPONSES = Counter(
     "ingest_worker_api_responses_total",
     "Answers of the Payments API, by HTTP status ('none' for a transport error).",
-    ["status"],
+    ["queue", "status"],
 )
 DELIVERY_SECONDS = Histogram(
     "ingest_worker_delivery_seconds",
     "Time of one POST to the Payments API.",
+    ["queue"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-IN_FLIGHT = Gauge("ingest_worker_in_flight_requests", "POSTs in flight in this worker.")
+IN_FLIGHT = Gauge("ingest_worker_in_flight_requests", "POSTs in flight in this worker.", ["queue"])
 SEND_LIMIT = Gauge(
-    "ingest_worker_send_limit", "Requests this worker may have in flight (shrinks after a 429)."
+    "ingest_worker_send_limit",
+    "Requests this worker may have in flight (shrinks after a 429).",
+    ["queue"],
 )
 RECLAIMED = Counter(
-    "ingest_worker_reclaimed_total", "Events of dead workers put back on the queue."
+    "ingest_worker_reclaimed_total", "Events of dead workers put back on the queue.", ["queue"]
 )
+
+DELIVERY_OUTCOMES = ("delivered", "duplicate", "retried", "dead_lettered", "parked", "returned")
+
+
+class WorkerMetrics:
+    """One worker's series for its queue, every label child resolved once: a ``labels()``
+    lookup for each event costs more than the increment itself."""
+
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        self.outcomes = {o: DELIVERIES.labels(queue, o) for o in DELIVERY_OUTCOMES}
+        self.delivery_seconds = DELIVERY_SECONDS.labels(queue)
+        self.in_flight = IN_FLIGHT.labels(queue)
+        self.send_limit = SEND_LIMIT.labels(queue)
+        self.reclaimed = RECLAIMED.labels(queue)
+        self._responses: dict[str, Any] = {}
+
+    def response(self, status: str) -> None:
+        child = self._responses.get(status)
+        if child is None:
+            child = self._responses[status] = API_RESPONSES.labels(self.queue, status)
+        child.inc()
 
 
 class QueueCollector:
@@ -74,34 +102,41 @@ class QueueCollector:
     def collect(self) -> Iterator[Any]:
         from .stats import read_accounting
 
+        up = GaugeMetricFamily(
+            "ingest_redis_up", "Whether Redis answered this scrape.", labels=["queue"]
+        )
         try:
             a = read_accounting(self.connection, self.queue)
         except Exception:  # Redis down: report it rather than failing the scrape
-            up = GaugeMetricFamily("ingest_redis_up", "Whether Redis answered this scrape.")
-            up.add_metric([], 0)
+            up.add_metric([self.queue], 0)
             yield up
             return
-        up = GaugeMetricFamily("ingest_redis_up", "Whether Redis answered this scrape.")
-        up.add_metric([], 1)
+        up.add_metric([self.queue], 1)
         yield up
-        events = CounterMetricFamily(
-            "ingest_events", "Events by what finally happened to them.", labels=["outcome"]
+        q = self.queue
+        yield _family(
+            CounterMetricFamily,
+            "ingest_events_enqueued",
+            "Events accepted into the queue.",
+            q,
+            a.enqueued,
+        )
+        finished = CounterMetricFamily(
+            "ingest_events_finished",
+            "Events that left the system for good, by how (values never overlap).",
+            labels=["queue", "outcome"],
         )
         for outcome, value in (
-            ("enqueued", a.enqueued),
             ("delivered", a.delivered),
-            ("api_duplicate", a.api_duplicates),
-            ("enqueue_duplicate", a.duplicates),
-            ("retried", a.retried),
-            ("dead_lettered", a.dead_lettered_total),
-            ("replayed", a.replayed),
             ("purged", a.purged),
             ("erased", a.erased),
         ):
-            events.add_metric([outcome], value)
-        yield events
+            finished.add_metric([q, outcome], value)
+        yield finished
         state = GaugeMetricFamily(
-            "ingest_queue_events", "Events currently in each state.", labels=["state"]
+            "ingest_events",
+            "Events in the system now, by state (values never overlap).",
+            labels=["queue", "state"],
         )
         for name, value in (
             ("queued", a.queued),
@@ -111,29 +146,59 @@ class QueueCollector:
             ("parked", a.parked),
             ("dead", a.dead),
         ):
-            state.add_metric([name], value)
+            state.add_metric([q, name], value)
         yield state
-        lost = GaugeMetricFamily(
-            "ingest_accounting_lost_events",
-            "Enqueued minus every place an event can be; anything but 0 is a bug.",
-        )
-        lost.add_metric([], a.lost)
-        yield lost
-        age = GaugeMetricFamily(
-            "ingest_oldest_queued_event_age_seconds", "Age of the oldest queued event."
-        )
-        age.add_metric([], a.oldest_queued_age or 0.0)
-        yield age
-        rate = GaugeMetricFamily(
-            "ingest_delivery_rate_per_second", "Deliveries per second over the last minute."
-        )
-        rate.add_metric([], a.rate_per_second)
-        yield rate
-        workers = GaugeMetricFamily("ingest_workers", "RQ workers alive on this queue's Redis.")
-        workers.add_metric([], a.workers)
-        yield workers
-        paused = GaugeMetricFamily(
-            "ingest_paused_websites", "Websites paused after a 401/403 from the API."
-        )
-        paused.add_metric([], len(a.paused))
-        yield paused
+        singles: list[tuple[Any, str, str, float]] = [
+            (
+                CounterMetricFamily,
+                "ingest_enqueue_duplicates",
+                "Enqueues refused: the same event is in the system or was recently delivered.",
+                a.duplicates,
+            ),
+            (
+                CounterMetricFamily,
+                "ingest_api_duplicates",
+                "Deliveries the API reported as already recorded (a subset of delivered).",
+                a.api_duplicates,
+            ),
+            (CounterMetricFamily, "ingest_retries", "Attempts scheduled for a retry.", a.retried),
+            (
+                CounterMetricFamily,
+                "ingest_dead_lettered",
+                "Times an event was put in the dead-letter store.",
+                a.dead_lettered_total,
+            ),
+            (
+                CounterMetricFamily,
+                "ingest_replayed",
+                "Dead letters put back on the queue by a replay.",
+                a.replayed,
+            ),
+            (
+                GaugeMetricFamily,
+                "ingest_accounting_lost_events",
+                "Enqueued minus every place an event can be; anything but 0 is a bug.",
+                a.lost,
+            ),
+            (
+                GaugeMetricFamily,
+                "ingest_oldest_queued_event_age_seconds",
+                "Age of the oldest queued event.",
+                a.oldest_queued_age or 0.0,
+            ),
+            (GaugeMetricFamily, "ingest_workers", "RQ workers alive on this Redis.", a.workers),
+            (
+                GaugeMetricFamily,
+                "ingest_paused_websites",
+                "Websites paused after a 401/403 from the API.",
+                len(a.paused),
+            ),
+        ]
+        for family, name, documentation, figure in singles:
+            yield _family(family, name, documentation, q, figure)
+
+
+def _family(kind: Any, name: str, documentation: str, queue: str, value: float) -> Any:
+    family = kind(name, documentation, labels=["queue"])
+    family.add_metric([queue], value)
+    return family

@@ -39,8 +39,6 @@ _log = get_logger(component="producer")
 
 ReceiptStatus = Literal["queued", "deferred", "duplicate", "spooled"]
 _RESULTS: dict[int, ReceiptStatus] = {0: "duplicate", 1: "queued", 2: "deferred"}
-# Resolved once: a labels() lookup on every enqueue costs more than the increment.
-_ENQUEUED_BY_STATUS = {status: metrics.ENQUEUED.labels(status) for status in _RESULTS.values()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +157,11 @@ class _ProducerBase:
     def __init__(self, settings: Settings | None, *, spool: Spool | bool | None) -> None:
         self.settings = settings or Settings()
         self.keys = keys.QueueKeys(self.settings.queue)
+        # Resolved once: a labels() lookup on every enqueue costs more than the increment.
+        self._enqueued_by_status = {
+            status: metrics.ENQUEUED.labels(self.settings.queue, status)
+            for status in (*_RESULTS.values(), "spooled")
+        }
         self.breaker = CircuitBreaker(self.settings.breaker_cooldown)
         if spool is True:
             spool = Spool(
@@ -186,7 +189,7 @@ class _ProducerBase:
 
     def _receipt(self, payment: Payment, result: Any) -> Receipt:
         status = _RESULTS[int(result)]
-        _ENQUEUED_BY_STATUS[status].inc()
+        self._enqueued_by_status[status].inc()
         return Receipt(payment.job_id, payment.transaction_id, status)
 
     def _spooled(self, payments: list[Payment], exc: BaseException | None) -> list[Receipt]:
@@ -196,7 +199,7 @@ class _ProducerBase:
             # Only a real failure (re)opens the breaker: calls it kept away must not push the
             # next probe further out, or steady traffic would keep it open forever.
             self.breaker.failure()
-            metrics.REDIS_ERRORS.labels(type(exc).__name__).inc()
+            metrics.REDIS_ERRORS.labels(self.settings.queue, type(exc).__name__).inc()
         if self.spool is None:
             reason = type(exc).__name__ if exc is not None else "circuit open"
             raise QueueUnavailableError(f"Redis unavailable: {reason}") from exc
@@ -205,7 +208,7 @@ class _ProducerBase:
         except SpoolFullError:
             metrics.SPOOL_FULL.inc(len(payments))
             raise
-        metrics.ENQUEUED.labels("spooled").inc(len(payments))
+        self._enqueued_by_status["spooled"].inc(len(payments))
         metrics.SPOOL_EVENTS.inc(len(payments))
         self._spool_dirty = True
         self._watch_for_redis()

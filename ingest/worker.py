@@ -159,6 +159,7 @@ class IngestWorker(SimpleWorker):
         )
         self.settings = settings
         self.keys = keys.QueueKeys(settings.queue)
+        self.metrics = metrics.WorkerMetrics(settings.queue)
         self.policy = RetryPolicy(
             settings.max_attempts, settings.backoff_base, settings.backoff_max
         )
@@ -250,8 +251,8 @@ class IngestWorker(SimpleWorker):
             await self._housekeep(run)
             run.next_housekeeping = self._clock() + max(1.0, self.settings.lease_seconds / 4)
         started = await self._claim(run)
-        metrics.IN_FLIGHT.set(len(run.in_flight))
-        metrics.SEND_LIMIT.set(int(run.limiter.limit))
+        self.metrics.in_flight.set(len(run.in_flight))
+        self.metrics.send_limit.set(int(run.limiter.limit))
         await self._acknowledge(run)
         run.redis_backoff = 0.0
         if run.in_flight or started:
@@ -279,7 +280,7 @@ class IngestWorker(SimpleWorker):
         returned = await reclaim(run.aconn, self.keys, now=now)
         if returned:
             self.counts.reclaimed += returned
-            metrics.RECLAIMED.inc(returned)
+            self.metrics.reclaimed.inc(returned)
             self._log.warning("events of a dead worker put back on the queue", count=returned)
         old = [f for f in await run.aconn.hkeys(self.keys.rate) if int(f) < now - 120]
         if old:
@@ -333,8 +334,8 @@ class IngestWorker(SimpleWorker):
         run.limiter.release(throttled=outcome.throttled, retry_after=outcome.retry_after)
         status = "none" if outcome.status is None else str(outcome.status)
         self.counts.statuses[status] = self.counts.statuses.get(status, 0) + 1
-        metrics.DELIVERY_SECONDS.observe(time.perf_counter() - started)
-        metrics.API_RESPONSES.labels(status).inc()
+        self.metrics.delivery_seconds.observe(time.perf_counter() - started)
+        self.metrics.response(status)
         run.finished.append(
             decide(claimed, outcome, now=self._clock(), policy=self.policy, random=self._random)
         )
@@ -476,16 +477,16 @@ class IngestWorker(SimpleWorker):
             case Delivered(api_duplicate=duplicate):
                 c.delivered += 1
                 c.api_duplicates += int(duplicate)
-                metrics.DELIVERIES.labels("duplicate" if duplicate else "delivered").inc()
+                self.metrics.outcomes["duplicate" if duplicate else "delivered"].inc()
             case Retry():
                 c.retried += 1
-                metrics.DELIVERIES.labels("retried").inc()
+                self.metrics.outcomes["retried"].inc()
             case Dead():
                 c.dead_lettered += 1
-                metrics.DELIVERIES.labels("dead_lettered").inc()
+                self.metrics.outcomes["dead_lettered"].inc()
             case Park(website=website, reason=reason):
                 c.parked += 1
-                metrics.DELIVERIES.labels("parked").inc()
+                self.metrics.outcomes["parked"].inc()
                 self._log.error(
                     "delivery paused: the Payments API refuses our credentials",
                     website=website,
@@ -493,7 +494,7 @@ class IngestWorker(SimpleWorker):
                 )
             case Return():
                 c.returned += 1
-                metrics.DELIVERIES.labels("returned").inc()
+                self.metrics.outcomes["returned"].inc()
 
 
 def _summary(counts: WorkerCounts) -> dict[str, Any]:

@@ -155,12 +155,18 @@ def try_http_get(url: str, timeout: float = 2.0) -> str | None:
 
 
 def metric_value(exposition: str, name: str, labels: str = "") -> float | None:
-    """The value of one sample (``name{labels}``) in a Prometheus text exposition."""
-    selector = f"{name}{{{labels}}}" if labels else name
+    """The value of the first sample of ``name`` whose labels include ``labels``
+    (``'outcome="delivered"'``) in a Prometheus text exposition."""
+    wanted = set(_LABEL.findall(labels))
+    sample = re.compile(rf"{re.escape(name)}(?:{{(.*)}})? (\S+)$")
     for line in exposition.splitlines():
-        if line.startswith(selector + " "):
-            return float(line.split()[-1])
+        found = sample.match(line)
+        if found and wanted <= set(_LABEL.findall(found.group(1) or "")):
+            return float(found.group(2))
     return None
+
+
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 def promtool_check(exposition: str) -> subprocess.CompletedProcess[str]:

@@ -156,17 +156,44 @@ def test_queue_metrics_pass_promtool(scraped: Scraped) -> None:
 def test_queue_metrics_show_empty_queue_dead_letters_and_no_loss(scraped: Scraped) -> None:
     text = scraped.queue
     assert metric_value(text, "ingest_redis_up") == 1
-    assert metric_value(text, "ingest_queue_events", 'state="queued"') == 0
-    assert metric_value(text, "ingest_queue_events", 'state="dead"') == len(REFUSED)
-    assert metric_value(text, "ingest_events_total", 'outcome="enqueued"') == EVENTS
+    assert metric_value(text, "ingest_events", 'state="queued"') == 0
+    assert metric_value(text, "ingest_events", 'state="dead"') == len(REFUSED)
+    assert metric_value(text, "ingest_events_enqueued_total", 'queue="payments"') == EVENTS
     assert metric_value(text, "ingest_accounting_lost_events") == 0
+
+
+def test_queue_metrics_outcomes_and_states_add_up_to_every_event_enqueued(
+    scraped: Scraped,
+) -> None:
+    # Label values never overlap, so sum() over them means something (and PromQL can check
+    # the accounting identity itself).
+    text = scraped.queue
+    finished = sum_of(text, "ingest_events_finished_total")
+    in_states = sum_of(text, "ingest_events")
+    lost = metric_value(text, "ingest_accounting_lost_events")
+    assert finished + in_states + (lost or 0) == metric_value(text, "ingest_events_enqueued_total")
+    assert finished == EVENTS - len(REFUSED)
+
+
+def test_every_queue_wide_series_carries_the_queue_label(scraped: Scraped) -> None:
+    samples = [line for line in scraped.queue.splitlines() if line and not line.startswith("#")]
+    assert samples
+    assert [line for line in samples if 'queue="payments"' not in line] == []
+
+
+def sum_of(exposition: str, name: str) -> float:
+    return sum(
+        float(line.split()[-1])
+        for line in exposition.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
 
 
 def test_queue_metrics_show_the_backlog_and_its_age(redis_url: str) -> None:
     enqueue(redis_url, sample_payments(10, "backlog"))
     result = run_ingest(["metrics", "--once"], clean_environment(INGEST_REDIS_URL=redis_url))
     assert result.returncode == 0, result.stderr
-    assert metric_value(result.stdout, "ingest_queue_events", 'state="queued"') == 10
+    assert metric_value(result.stdout, "ingest_events", 'state="queued"') == 10
     age = metric_value(result.stdout, "ingest_oldest_queued_event_age_seconds")
     assert age is not None
     assert age > 0

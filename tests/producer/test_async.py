@@ -194,7 +194,9 @@ def test_async_burst_larger_than_the_connection_pool_is_queued_not_spooled(
     redis_url: str, make_async_producer: MakeAsyncProducer
 ) -> None:
     # 300 checkouts in flight at once in one async server process; Redis is healthy.
-    exhausted_before = metric("ingest_producer_redis_errors_total", kind="MaxConnectionsError")
+    exhausted_before = metric(
+        "ingest_producer_redis_errors_total", queue="payments", kind="MaxConnectionsError"
+    )
 
     async def run() -> list[Receipt]:
         producer = make_async_producer(redis_url, producer_timeout=2.0)
@@ -210,7 +212,9 @@ def test_async_burst_larger_than_the_connection_pool_is_queued_not_spooled(
 
     statuses = Counter(r.status for r in asyncio.run(run()))
 
-    exhausted = metric("ingest_producer_redis_errors_total", kind="MaxConnectionsError")
+    exhausted = metric(
+        "ingest_producer_redis_errors_total", queue="payments", kind="MaxConnectionsError"
+    )
     assert statuses == {"queued": 300}, (
         f"{statuses}: a healthy Redis was treated as down when the client's connection "
         f"pool ran out ({exhausted - exhausted_before:g} MaxConnectionsError)"

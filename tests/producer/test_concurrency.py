@@ -167,7 +167,9 @@ def test_more_threads_than_the_connection_pool_has_are_queued_not_spooled(
     # A threaded server with 150 checkouts in flight at once; Redis is healthy.
     producer = make_producer(redis_url, producer_timeout=2.0)
     enqueue_payment(**fields("warm-up"), producer=producer)
-    exhausted_before = metric("ingest_producer_redis_errors_total", kind="MaxConnectionsError")
+    exhausted_before = metric(
+        "ingest_producer_redis_errors_total", queue="payments", kind="MaxConnectionsError"
+    )
     receipts: list[Receipt] = []
     start = threading.Barrier(150)
 
@@ -183,7 +185,9 @@ def test_more_threads_than_the_connection_pool_has_are_queued_not_spooled(
         thread.join(60)
 
     statuses = Counter(r.status for r in receipts)
-    exhausted = metric("ingest_producer_redis_errors_total", kind="MaxConnectionsError")
+    exhausted = metric(
+        "ingest_producer_redis_errors_total", queue="payments", kind="MaxConnectionsError"
+    )
     assert statuses == {"queued": 450}, (
         f"{statuses}: a healthy Redis was treated as down when the client's connection "
         f"pool ran out ({exhausted - exhausted_before:g} MaxConnectionsError)"

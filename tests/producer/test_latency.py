@@ -51,14 +51,18 @@ def test_open_breaker_keeps_most_enqueues_away_from_a_stopped_redis(
     closed_redis_url: str, make_producer: MakeProducer
 ) -> None:
     producer = make_producer(closed_redis_url, breaker_cooldown=1.0)
-    refused_before = metric("ingest_producer_redis_errors_total", kind="ConnectionError")
+    refused_before = metric(
+        "ingest_producer_redis_errors_total", queue="payments", kind="ConnectionError"
+    )
 
     started = time.monotonic()
     for i in range(500):
         assert enqueue_payment(**fields(f"breaker-{i}"), producer=producer).status == "spooled"
     elapsed = time.monotonic() - started
 
-    attempts = metric("ingest_producer_redis_errors_total", kind="ConnectionError")
+    attempts = metric(
+        "ingest_producer_redis_errors_total", queue="payments", kind="ConnectionError"
+    )
     # One attempt, then at most one probe per cooldown.
     assert attempts - refused_before <= 2 + elapsed / 1.0
 
