@@ -99,7 +99,16 @@ def test_demo_piped_renders_at_a_fixed_width_without_wrapping_phrases(
     assert max(len(line) for line in lines) <= PIPED_WIDTH, demo_run.stdout
     # Wrapped at 80 columns, this header used to end its line at "in" and go on below.
     header = line_with(demo_run.stdout, "datafast-ingest demo")
-    assert header.rstrip().endswith("sandbox answering in 50 ms"), demo_run.stdout
+    assert header.rstrip().endswith("answering in 50 ms"), demo_run.stdout
+
+
+@pytest.mark.timeout(180)
+def test_demo_refuses_exactly_the_re_sent_events_as_duplicates(
+    demo_run: subprocess.CompletedProcess[str],
+) -> None:
+    assert "re-sent 25: 25 reported as duplicates" in demo_run.stdout
+    row = line_with(demo_run.stdout, "duplicates refused at enqueue")
+    assert count_in(row, r"│ +([\d,]+) │") == 25, demo_run.stdout
 
 
 def test_demo_without_a_redis_server_prints_the_error_first_and_alone(tmp_path: Path) -> None:
@@ -154,8 +163,8 @@ def test_chaos_opened_a_429_window_with_retry_after(
 def test_chaos_sigkilled_a_worker_whose_events_came_back(
     chaos_run: subprocess.CompletedProcess[str],
 ) -> None:
-    line = fault_account(chaos_run.stdout, "SIGKILL worker")
-    in_flight = count_in(line, r"([\d,]+) events? in flight")
+    line = fault_account(chaos_run.stdout, "SIGKILL demo-")
+    in_flight = count_in(line, r"\(([\d,]+) in flight\)")
     assert in_flight > 0, line
     assert count_in(line, r"([\d,]+) delivered after") == in_flight, line
 
@@ -163,9 +172,16 @@ def test_chaos_sigkilled_a_worker_whose_events_came_back(
 @pytest.mark.timeout(240)
 def test_chaos_restarted_redis_mid_run(chaos_run: subprocess.CompletedProcess[str]) -> None:
     line = fault_account(chaos_run.stdout, "redis-server")
-    assert re.search(r"killed .* restarted", line), line
+    assert re.search(r"killed, restarted [\d.]+ s later", line), line
 
 
 @pytest.mark.timeout(240)
 def test_chaos_output_fits_the_piped_width(chaos_run: subprocess.CompletedProcess[str]) -> None:
     assert max(len(line) for line in chaos_run.stdout.splitlines()) <= PIPED_WIDTH
+
+
+@pytest.mark.timeout(240)
+def test_chaos_prints_no_traceback(chaos_run: subprocess.CompletedProcess[str]) -> None:
+    # A SIGKILLed worker resets its connections mid-request: the sandbox's log of that
+    # belongs in its log file, not on the user's terminal.
+    assert "Traceback" not in chaos_run.stderr + chaos_run.stdout, chaos_run.stderr

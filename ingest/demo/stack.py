@@ -45,6 +45,7 @@ class WorkerSettings:
     backoff_base: float
     backoff_max: float
     lease_seconds: int = 20
+    request_timeout: float = 10.0
 
     def environment(self, redis_url: str, api_url: str, workdir: Path) -> dict[str, str]:
         """This process's environment without any ``INGEST_*`` of the user's (a queue name
@@ -60,6 +61,7 @@ class WorkerSettings:
                 "INGEST_BACKOFF_BASE": str(self.backoff_base),
                 "INGEST_BACKOFF_MAX": str(self.backoff_max),
                 "INGEST_LEASE_SECONDS": str(self.lease_seconds),
+                "INGEST_REQUEST_TIMEOUT": str(self.request_timeout),
                 "INGEST_SPOOL_DIR": str(workdir / "spool"),
                 "INGEST_LOG_LEVEL": "WARNING",
             }
