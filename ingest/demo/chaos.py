@@ -24,8 +24,8 @@ from .stack import DemoStack, DemoWorker, EventCount
 
 RATE_500 = 0.05
 RATE_503 = 0.05
-# Width of the "when" column of the account: "t+12.3 s" and room to spare.
-WHEN = 9
+# Width of the "when" column of the account: "throughout", "t+12.3 s".
+WHEN = 11
 # The workers' lease in this mode: a SIGKILLed worker's events come back within seconds.
 LEASE_SECONDS = 3
 
