@@ -23,9 +23,13 @@ PIPED_WIDTH = 100
 LOST_ZERO_ROW = re.compile(r"│ lost +│ +0 │")
 
 
-def run_demo(tmp_path: Path, *args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
-    """``python -m ingest demo ARGS`` with stdout piped (not a terminal), no INGEST_*."""
+def run_demo(
+    tmp_path: Path, *args: str, timeout: float = 150, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """``python -m ingest demo ARGS`` with stdout piped (not a terminal), no INGEST_* but
+    ``settings`` (names without the prefix)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
+    env.update({f"INGEST_{name.upper()}": value for name, value in settings.items()})
     env.pop("COLUMNS", None)  # rich would take its width from it
     env["HOME"] = str(tmp_path)  # a spool, if any, stays out of the real home
     return subprocess.run(
@@ -109,6 +113,15 @@ def test_demo_refuses_exactly_the_re_sent_events_as_duplicates(
     assert "re-sent 25: 25 reported as duplicates" in demo_run.stdout
     row = line_with(demo_run.stdout, "duplicates refused at enqueue")
     assert count_in(row, r"│ +([\d,]+) │") == 25, demo_run.stdout
+
+
+@pytest.mark.timeout(180)
+def test_demo_ignores_the_users_ingest_settings(tmp_path: Path) -> None:
+    # Another queue name, and a value that would not even validate: the demo takes neither.
+    result = run_demo(tmp_path, "--events", "300", queue="elsewhere", concurrency="abc")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert LOST_ZERO_ROW.search(result.stdout), result.stdout
 
 
 def test_demo_without_a_redis_server_prints_the_error_first_and_alone(tmp_path: Path) -> None:

@@ -35,8 +35,9 @@ def answered(stats: StatsView, status: int) -> int:
 
 
 class Fault(abc.ABC):
-    """One fault of the run. ``step`` is called on every poll; it acts when due and returns
-    a line to show then, or None."""
+    """One fault of the run. ``step`` is called on every poll until ``done``, and only once
+    the faults before it are done, so they happen one after another; it acts when due and
+    returns a line to show then, or None."""
 
     done: bool = False
 

@@ -71,7 +71,8 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> bool:
             finally:
                 stack.close()
     finally:
-        if ok:
+        # Kept when something went wrong after the workers started: their logs say what.
+        if ok or not any(workdir.glob("demo-*.log")):
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             console.print(f"worker and sandbox logs kept in {workdir}")
@@ -188,14 +189,27 @@ def _deliver(
                 )
             progress.update(task, note=note)
             share = 0.0 if accounting is None else _share_done(accounting)
-            for fault in faults:
-                line = fault.step(stack, share, stack.since_start())
-                if line is not None:
-                    print_line(progress.console, f"  [magenta]chaos[/] {line}")
+            line = _step_faults(stack, faults, share)
+            if line is not None:
+                print_line(progress.console, f"  [magenta]chaos[/] {line}")
             if polled is not None and polled.in_system == 0 and all(f.done for f in faults):
                 return accounting, False
             time.sleep(_POLL_INTERVAL)
     return accounting, True
+
+
+def _step_faults(stack: DemoStack, faults: list[Fault], share: float) -> str | None:
+    """Step the first fault not done yet: one after another, never two at once (a worker
+    is not looked for while redis-server is down)."""
+    pending = next((fault for fault in faults if not fault.done), None)
+    if pending is None:
+        return None
+    try:
+        return pending.step(stack, share, stack.since_start())
+    except (redis.RedisError, OSError) as exc:
+        if redis_unavailable(exc):
+            return None  # it tries again on the next poll
+        raise
 
 
 def _share_done(accounting: Accounting) -> float:

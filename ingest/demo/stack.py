@@ -137,7 +137,12 @@ class DemoStack:
         self.workdir = workdir
         self.worker_settings = worker_settings
         self.keys = keys.QueueKeys(QUEUE)
-        self.settings = Settings(
+        # The demo needs no configuration and takes none: an unused prefix keeps the user's
+        # INGEST_* (a queue name, or a value that would not even validate) out of it, as
+        # WorkerSettings.environment keeps them out of the workers.
+        # (pydantic-settings takes _env_prefix at init; its mypy plugin does not know it.)
+        self.settings = Settings(  # type: ignore[call-arg]
+            _env_prefix="INGEST_DEMO_READS_NO_ENVIRONMENT_",
             redis_url=redis_server.url,
             api_url=sandbox.url,
             api_key=DEFAULT_WEBSITE_KEY,  # type: ignore[arg-type]
