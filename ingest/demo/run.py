@@ -40,7 +40,7 @@ class DemoOptions:
     events: int = DEFAULT_EVENTS
     workers: int = 2
     latency_ms: float = 50.0
-    timeout: float = 120.0
+    timeout: float = 300.0
     chaos: bool = False
 
 
