@@ -5,6 +5,7 @@ The class says what the caller should do; the attributes say what caused it::
     IngestError
      +-- ValidationError           (also a ValueError) a payment refused before the queue
      +-- ConfigurationError        the settings cannot work
+     |    +-- SettingsError        INGEST_* variables with values that cannot be used
      +-- QueueUnavailableError     Redis unreachable and the event kept nowhere else
      |    +-- SpoolFullError       ... and the local spool is full: the event was NOT kept
      +-- DeliveryError             the Payments API refused or failed a request
@@ -47,6 +48,24 @@ class ConfigurationError(IngestError):
     def __init__(self, message: str, *, setting: str | None = None) -> None:
         self.setting = setting
         super().__init__(message)
+
+
+class SettingsError(ConfigurationError):
+    """``INGEST_*`` settings whose values cannot be used: a word where a number belongs, a
+    value out of range, a URL Redis cannot take.
+
+    ``problems`` maps each variable's name to what is wrong with it, every bad variable at
+    once; a secret's value is never quoted.
+    """
+
+    def __init__(self, problems: Mapping[str, str]) -> None:
+        self.problems: dict[str, str] = dict(problems)
+        super().__init__("; ".join(self.lines), setting=next(iter(self.problems), None))
+
+    @property
+    def lines(self) -> list[str]:
+        """``INGEST_CONCURRENCY: must be an integer, got 'abc'``, one per bad variable."""
+        return [f"{name}: {reason}" for name, reason in self.problems.items()]
 
 
 class QueueUnavailableError(IngestError):

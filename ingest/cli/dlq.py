@@ -8,11 +8,10 @@ from typing import Any
 import click
 from rich.console import Console
 
-from ingest.connection import connect
 from ingest.deadletter import DEFAULT_REPLAY_RATE
 from ingest.errors import IngestError
 
-from ._common import load_settings
+from ._common import load_settings, open_redis
 from .render import letters_table, print_dead_letter, replay_progress
 
 
@@ -81,7 +80,7 @@ def _store() -> Any:
     from ingest.deadletter import DeadLetterStore
 
     settings = load_settings()
-    return DeadLetterStore(connect(settings.redis_url, socket_timeout=10), settings.queue)
+    return DeadLetterStore(open_redis(settings), settings.queue)
 
 
 @click.group(help="Inspect, replay, purge and export dead letters.")

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from ingest.errors import IngestError
 
-from ._common import EXIT_FAILURE, load_settings
+from ._common import EXIT_FAILURE, load_settings, open_redis
 from .render import import_progress, print_import
 
 
@@ -61,6 +61,7 @@ def delete(
     if dry_run:
         click.echo(f"dry run, nothing sent or erased: {described}")
         return
+    open_redis(settings).close()  # unreachable: say so before asking anything
     spans_all_time = not (request.start or request.end) and not request.transaction_id
     if not yes:
         warning = " ACROSS ALL TIME" if spans_all_time else ""
