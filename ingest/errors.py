@@ -12,6 +12,7 @@ The class says what the caller should do; the attributes say what caused it::
      |    +-- AuthenticationError  401/403: sending is paused, nothing dropped
      +-- UnsafeDeleteError         a delete across all time without saying so
      +-- NotFoundError             no such dead letter or job
+     +-- AmbiguousIdError          the start of an id that several ids share
      +-- RedisStartError           the embedded redis-server did not come up
           +-- _PortInUseError      (private, ingest.embedded) retried on another port
 """
@@ -104,6 +105,15 @@ class NotFoundError(IngestError):
 
     def __init__(self, message: str, *, id: str) -> None:
         self.id = id
+        super().__init__(message)
+
+
+class AmbiguousIdError(IngestError):
+    """The start of an id that ``candidates`` ids share: give more of it."""
+
+    def __init__(self, message: str, *, id: str, candidates: int) -> None:
+        self.id = id
+        self.candidates = candidates
         super().__init__(message)
 
 

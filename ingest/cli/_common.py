@@ -13,6 +13,7 @@ import redis.exceptions
 
 from ingest.connection import connect, redacted_url
 from ingest.errors import (
+    AmbiguousIdError,
     ConfigurationError,
     IngestError,
     QueueUnavailableError,
@@ -76,7 +77,7 @@ def _describe(exc: Exception) -> tuple[int, list[str]]:
         return exc.exit_code, [exc.format_message()]
     if isinstance(exc, SettingsError):
         return EXIT_USAGE, exc.lines
-    if isinstance(exc, ConfigurationError):
+    if isinstance(exc, ConfigurationError | AmbiguousIdError):
         return EXIT_USAGE, [str(exc)]
     if isinstance(exc, IngestError):
         return EXIT_FAILURE, [str(exc)]

@@ -95,9 +95,9 @@ def test_every_bad_variable_is_reported_at_once_one_line_each() -> None:
 
 
 def test_a_usage_error_is_one_line_naming_the_option() -> None:
-    result = run_ingest(["dlq", "list", "--limit", "x"], clean_environment())
+    result = run_ingest(["dlq", "list", "--status", "x"], clean_environment())
     assert result.returncode == 2
     assert failure_line(result) == (
-        "error: Invalid value for '--limit': 'x' is not a valid integer "
+        "error: Invalid value for '--status': 'x' is not a valid integer "
         "(see 'ingest dlq list --help')"
     )
