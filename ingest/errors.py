@@ -13,6 +13,7 @@ The class says what the caller should do; the attributes say what caused it::
      +-- UnsafeDeleteError         a delete across all time without saying so
      +-- NotFoundError             no such dead letter or job
      +-- AmbiguousIdError          the start of an id that several ids share
+     +-- ImportFileError           a file to import that cannot be read as payments at all
      +-- RedisStartError           the embedded redis-server did not come up
           +-- _PortInUseError      (private, ingest.embedded) retried on another port
 """
@@ -114,6 +115,15 @@ class AmbiguousIdError(IngestError):
     def __init__(self, message: str, *, id: str, candidates: int) -> None:
         self.id = id
         self.candidates = candidates
+        super().__init__(message)
+
+
+class ImportFileError(IngestError):
+    """A file to import that cannot be read as payments at all (not UTF-8, a CSV header
+    without a required column, a JSON array that does not parse): nothing was enqueued."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
         super().__init__(message)
 
 

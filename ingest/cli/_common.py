@@ -15,6 +15,7 @@ from ingest.connection import connect, redacted_url
 from ingest.errors import (
     AmbiguousIdError,
     ConfigurationError,
+    ImportFileError,
     IngestError,
     QueueUnavailableError,
     SettingsError,
@@ -77,7 +78,7 @@ def _describe(exc: Exception) -> tuple[int, list[str]]:
         return exc.exit_code, [exc.format_message()]
     if isinstance(exc, SettingsError):
         return EXIT_USAGE, exc.lines
-    if isinstance(exc, ConfigurationError | AmbiguousIdError):
+    if isinstance(exc, ConfigurationError | AmbiguousIdError | ImportFileError):
         return EXIT_USAGE, [str(exc)]
     if isinstance(exc, IngestError):
         return EXIT_FAILURE, [str(exc)]
