@@ -10,6 +10,7 @@ so never the API key. Key layout: :mod:`ingest.keys`; the atomic moves: :mod:`in
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -20,12 +21,14 @@ import redis
 
 from . import keys, scripts
 from .delivery import Outcome
-from .errors import NotFoundError
+from .errors import AmbiguousIdError, NotFoundError
 from .jobs import Claimed, job_args
 from .logs import scrub
 from .timestamps import utc_iso
 
 _SCAN_CHUNK = 500
+# Characters a Redis MATCH pattern treats specially, escaped to match an id literally.
+_GLOB_SPECIAL = re.compile(r"[*?\[\]\\]")
 # Events per second a replay puts back on the queue (CLI and console alike).
 DEFAULT_REPLAY_RATE = 200.0
 
@@ -175,6 +178,7 @@ class DeadLetterStore:
         self._sleep = sleep
 
     def count(self) -> int:
+        """Every dead letter in the store (see :meth:`counts_by_reason` for a selection)."""
         return int(self.connection.hlen(self.keys.dead))
 
     def get(self, dead_id: str) -> DeadLetter:
@@ -186,6 +190,32 @@ class DeadLetterStore:
                 return matches[0]
             raise NotFoundError(f"no dead letter with id {dead_id!r}", id=dead_id)
         return DeadLetter.from_record(raw)
+
+    def find(self, dead_id: str) -> DeadLetter:
+        """Like :meth:`get`, and also by the start of an id, as long as no other id starts
+        the same way: :class:`AmbiguousIdError` says how many do."""
+        try:
+            return self.get(dead_id)
+        except NotFoundError:
+            if not dead_id:
+                raise
+        pattern = _GLOB_SPECIAL.sub(r"\\\g<0>", dead_id) + "*"
+        candidates = [
+            keys.text(member)
+            for member, _score in self.connection.zscan_iter(
+                self.keys.dead_index, match=pattern, count=_SCAN_CHUNK
+            )
+        ]
+        if len(candidates) > 1:
+            raise AmbiguousIdError(
+                f"{dead_id!r} is the start of {len(candidates)} dead-letter ids; "
+                "give more of the id",
+                id=dead_id,
+                candidates=len(candidates),
+            )
+        if candidates:
+            return self.get(candidates[0])
+        raise NotFoundError(f"no dead letter with id {dead_id!r}", id=dead_id)
 
     def iter(
         self, selection: DeadLetterFilter = DeadLetterFilter(), *, newest_first: bool = False
@@ -232,9 +262,10 @@ class DeadLetterStore:
                 break
         return out
 
-    def counts_by_reason(self) -> dict[str, int]:
+    def counts_by_reason(self, selection: DeadLetterFilter = DeadLetterFilter()) -> dict[str, int]:
+        """``reason (status)`` -> how many of the selected dead letters died so."""
         counts: dict[str, int] = {}
-        for letter in self.iter():
+        for letter in self.iter(selection):
             label = (
                 f"{letter.reason} ({letter.status if letter.status is not None else 'no answer'})"
             )
