@@ -33,6 +33,10 @@ from urllib.parse import parse_qs, quote, urlsplit
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest.logs import get_logger
+from ingest.personal import EMAIL_FIELDS, NAME_FIELDS
+from ingest.personal import mask_email as mask_email  # re-exported: the console's masking
+from ingest.personal import mask_name as mask_name
+from ingest.personal import mask_text as mask_text
 
 from .config import ConsoleOptions, is_loopback
 
@@ -58,29 +62,6 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 )
 
 # -- masking ------------------------------------------------------------------------------
-
-EMAIL_FIELDS = frozenset({"email", "customer_email"})
-NAME_FIELDS = frozenset({"name", "customer_name"})
-_EMAIL = re.compile(r"([\w.+\-]+)@([\w\-]+(?:\.[\w\-]+)+)")
-
-
-def mask_email(value: str) -> str:
-    """``jane@example.com`` -> ``j***@example.com``; the domain stays (it is rarely personal
-    and it is what an operator needs to spot a pattern)."""
-    local, at, domain = value.rpartition("@")
-    if not at:
-        return mask_name(value)
-    return f"{local[:1]}***@{domain}"
-
-
-def mask_name(value: str) -> str:
-    """``Jane Doe`` -> ``J*** D***``."""
-    return " ".join(f"{word[:1]}***" for word in value.split())
-
-
-def mask_text(value: str) -> str:
-    """Mask every email address inside free text (an id, an error message)."""
-    return _EMAIL.sub(lambda m: f"{m.group(1)[:1]}***@{m.group(2)}", value)
 
 
 def mask_event(value: Any, key: str | None = None) -> Any:

@@ -25,6 +25,7 @@ from ingest import keys
 from ingest.deadletter import DeadLetter, DeadLetterFilter, DeadLetterStore
 from ingest.errors import NotFoundError
 from ingest.logs import get_logger
+from ingest.personal import LetterMask, mask_text
 from ingest.settings import Settings
 from ingest.stats import read_accounting
 from ingest.timestamps import utc_iso
@@ -33,7 +34,7 @@ from . import schemas
 from .config import ConsoleOptions
 from .index import DeadLetterIndex, parse_letter, time_only
 from .operations import Action, Operation, Operations, Target
-from .security import mask_event, mask_text
+from .security import mask_event
 
 SAMPLE = 100  # dead letters listed by a dry run
 
@@ -380,8 +381,17 @@ def _reason(raw: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"error": raw}
 
 
+def _shown(letter: DeadLetter, reveal: bool) -> Callable[[Any], str]:
+    """How free text of ``letter`` is shown: as stored when revealed, else with every email
+    and the letter's own customer (from its event) masked."""
+    if reveal:
+        return _text
+    mask = LetterMask.of(letter.body)
+    return lambda value: mask.mask(_text(value))
+
+
 def summary(letter: DeadLetter, *, reveal: bool = False) -> schemas.DeadLetterSummary:
-    show = _text if reveal else (lambda v: mask_text(_text(v)))
+    show = _shown(letter, reveal)
     return schemas.DeadLetterSummary(
         id=letter.job_id,
         transaction_id=show(letter.transaction_id),
@@ -395,7 +405,7 @@ def summary(letter: DeadLetter, *, reveal: bool = False) -> schemas.DeadLetterSu
 
 
 def detail(letter: DeadLetter, *, reveal: bool) -> schemas.DeadLetterDetail:
-    show = _text if reveal else (lambda v: mask_text(_text(v)))
+    show = _shown(letter, reveal)
     history = letter.history if isinstance(letter.history, list) else []
     body = letter.body if isinstance(letter.body, dict) else {"value": letter.body}
     return schemas.DeadLetterDetail(
