@@ -23,7 +23,8 @@ from . import keys, scripts
 from .delivery import Outcome
 from .errors import AmbiguousIdError, NotFoundError
 from .jobs import Claimed, job_args
-from .logs import scrub
+from .logs import REDACTED, scrub
+from .personal import LetterMask
 from .timestamps import utc_iso
 
 _SCAN_CHUNK = 500
@@ -83,6 +84,13 @@ class DeadLetter:
         }
 
 
+def api_message(body: str, message: str) -> str:
+    """The API's message about the event whose request body is ``body``, as we keep it
+    (history, dead letter, pause reason): without keys, email addresses, or this event's
+    own customer name and email."""
+    return LetterMask.of(body).redact(scrub(message), REDACTED)
+
+
 def dead_record(
     claimed: Claimed,
     outcome: Outcome,
@@ -103,7 +111,7 @@ def dead_record(
         "data": claimed.data,
         "reason": reason,
         "status": outcome.status,
-        "error": scrub(outcome.message),
+        "error": api_message(claimed.body, outcome.message),
         "attempts": attempts,
         "first_attempt_at": history[0]["at"] if history else utc_iso(now),
         "last_attempt_at": utc_iso(now),

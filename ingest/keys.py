@@ -31,6 +31,9 @@ key                                type    meaning
 ``ingest:{q}:parked:{website}``    list    events of a paused website, set aside in order
 ``ingest:{q}:probe``               set     websites an operator asked to probe now
 ``ingest:{q}:rate``                hash    unix second -> deliveries, for "rate over 1 min"
+``ingest:{q}:session:{h}``         string  one console login: ``h`` is the SHA-256 of the
+                                           session id in the browser's cookie; expires after
+                                           ``INGEST_CONSOLE_SESSION_LIFETIME``, deleted at logout
 =================================  ======  ====================================================
 
 The accounting identity every process can check from these keys alone::
@@ -123,3 +126,6 @@ class QueueKeys:
     @property
     def rate(self) -> str:
         return f"ingest:{self.name}:rate"
+
+    def console_session(self, session_hash: str) -> str:
+        return f"ingest:{self.name}:session:{session_hash}"

@@ -42,11 +42,11 @@ from rq.worker import WorkerStatus
 
 from . import keys, metrics
 from .connection import connect, connect_async, redis_unavailable
-from .deadletter import dead_record
+from .deadletter import api_message, dead_record
 from .delivery import Outcome, PaymentsClient, Verdict, build_transport
 from .jobs import Claimed, job_args
 from .keys import text
-from .logs import get_logger, scrub
+from .logs import fingerprint, get_logger
 from .retry import RandomSource, RetryPolicy
 from .scripts import (
     Acknowledgement,
@@ -111,13 +111,14 @@ def decide(
     """What the ``ACK`` script is to do with one event, given its request's outcome."""
     if outcome.verdict.delivered:
         return Delivered(claimed.job_id, api_duplicate=outcome.verdict is Verdict.DUPLICATE)
+    message = api_message(claimed.body, outcome.message)
     if outcome.verdict is Verdict.AUTH:
-        pause = {"status": outcome.status, "error": scrub(outcome.message), "since": utc_iso(now)}
+        pause = {"status": outcome.status, "error": message, "since": utc_iso(now)}
         return Park(claimed.job_id, claimed.website, pause)
     attempts = claimed.attempts + 1
     history = [
         *claimed.history[-19:],
-        {"at": utc_iso(now), "status": outcome.status, "error": scrub(outcome.message)},
+        {"at": utc_iso(now), "status": outcome.status, "error": message},
     ]
     if outcome.verdict is Verdict.TRANSIENT and policy.should_retry(attempts):
         due = now + policy.delay(attempts, random, outcome.retry_after)
@@ -456,13 +457,16 @@ class IngestWorker(SimpleWorker):
         if data is None:
             await aconn.lrem(parked_key, 1, text(head))
             return
-        outcome = await run.client.send(*job_args(data))
+        args = job_args(data)
+        outcome = await run.client.send(*args)
         if outcome.verdict is Verdict.AUTH:
+            # The status and a hash of the message as stored: the message may quote the
+            # customer, and the log is read by more people than the console.
             self._log.error(
                 "delivery paused: the Payments API refuses our credentials",
                 website=site,
                 status=outcome.status,
-                api_message=scrub(outcome.message),
+                api_message_sha256=fingerprint(api_message(args.body, outcome.message)),
                 paused_since=reason.get("since"),
             )
             return
@@ -490,7 +494,8 @@ class IngestWorker(SimpleWorker):
                 self._log.error(
                     "delivery paused: the Payments API refuses our credentials",
                     website=website,
-                    reason=json.dumps(reason),
+                    status=reason.get("status"),
+                    api_message_sha256=fingerprint(str(reason.get("error", ""))),
                 )
             case Return():
                 c.returned += 1
