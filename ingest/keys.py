@@ -31,6 +31,13 @@ key                                type    meaning
 ``ingest:{q}:parked:{website}``    list    events of a paused website, set aside in order
 ``ingest:{q}:probe``               set     websites an operator asked to probe now
 ``ingest:{q}:rate``                hash    unix second -> deliveries, for "rate over 1 min"
+``ingest:{q}:minute:{m}``          hash    one minute of history for the console's charts
+                                           (``m`` = unix time // 60), expiring
+                                           :data:`MINUTE_TTL` (2 h) after its first write:
+                                           ``delivered``, ``dead_lettered`` (counted by ACK
+                                           per batch); ``depth``, ``oldest_age`` (the largest
+                                           queue length and oldest queued event's age in
+                                           seconds among the samples RECLAIM took that minute)
 =================================  ======  ====================================================
 
 The accounting identity every process can check from these keys alone::
@@ -48,6 +55,16 @@ from dataclasses import dataclass
 
 RQ_QUEUES = "rq:queues"
 JOB_PREFIX = "rq:job:"
+
+
+# How long a minute of chart history (``ingest:{q}:minute:{m}``) is kept: the console draws
+# the last hour, so at most ~120 such keys per queue exist at any time.
+MINUTE_TTL = 2 * 3600
+
+
+def minute_of(moment: float) -> int:
+    """The unix minute (``m`` of ``ingest:{q}:minute:{m}``) that unix time ``moment`` is in."""
+    return int(moment // 60)
 
 
 # The website of events sent with a df_ key (which names its own website): the value of a
@@ -123,3 +140,10 @@ class QueueKeys:
     @property
     def rate(self) -> str:
         return f"ingest:{self.name}:rate"
+
+    def minute(self, m: int) -> str:
+        return f"ingest:{self.name}:minute:{m}"
+
+    @property
+    def minute_prefix(self) -> str:
+        return f"ingest:{self.name}:minute:"
