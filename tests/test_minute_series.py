@@ -24,7 +24,7 @@ from ingest.scripts import Acknowledgement, Dead, Delivered, Enqueue, Retry, ack
 pytestmark = pytest.mark.integration
 
 QUEUE = keys.QueueKeys("payments")
-MINUTE = 29_616_000  # a unix minute: 2026-04-22 00:00 UTC
+MINUTE = 29_613_600  # a unix minute: 2026-04-22 00:00 UTC
 T0 = MINUTE * 60.0
 WORKER = "series-worker"
 FIELDS = {b"delivered", b"dead_lettered", b"depth", b"oldest_age"}
