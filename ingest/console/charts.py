@@ -90,7 +90,7 @@ def read_history(
 
 
 def per_second(value: float) -> str:
-    return f"{value:,.0f}/s" if value >= 100 or value == 0 else f"{value:,.1f}/s"
+    return f"{value:,.0f}/s" if value >= 100 else f"{value:.3g}/s"
 
 
 def count(value: float) -> str:
@@ -98,6 +98,8 @@ def count(value: float) -> str:
 
 
 def duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.2g} s"
     if seconds < 60:
         return f"{seconds:.0f} s"
     if seconds < 3600:
@@ -210,9 +212,9 @@ def render_svg(chart: Chart) -> Markup:
                 f'<text class="axis" x="{_LEFT - 6}" y="{gy + 4:.1f}" text-anchor="end">'
                 f"{escape(label)}</text>"
             )
-    if n > 0:
-        for i in sorted({0, n // 4, n // 2, 3 * n // 4, n - 1}):
-            anchor = "start" if i == 0 else "end" if i == n - 1 else "middle"
+    for i in range(n):  # the quarter hours
+        if (chart.first_minute + i) % 15 == 0:
+            anchor = "start" if i < 3 else "end" if i > n - 4 else "middle"
             parts.append(
                 f'<text class="axis" x="{x(i):.1f}" y="{_HEIGHT - 6}" text-anchor="{anchor}">'
                 f"{escape(_clock(chart.first_minute + i))}</text>"
@@ -266,7 +268,7 @@ def overview_charts(connection: redis.Redis, keys: QueueKeys, *, now: float) -> 
         Chart(
             "depth",
             "Queue depth",
-            "Events waiting to be sent: the largest sample of each minute",
+            "Events waiting to be sent: the largest sample of each minute (a gap: no worker ran)",
             h.depth,
             h.first_minute,
             count,
@@ -274,7 +276,8 @@ def overview_charts(connection: redis.Redis, keys: QueueKeys, *, now: float) -> 
         Chart(
             "oldest-age",
             "Oldest queued event's age",
-            "Time the oldest waiting event has waited: the largest sample of each minute",
+            "How long the oldest waiting event has waited: the largest sample of each minute "
+            "(a gap: no worker ran)",
             h.oldest_age,
             h.first_minute,
             duration,
