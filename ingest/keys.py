@@ -34,6 +34,13 @@ key                                type    meaning
 ``ingest:{q}:session:{h}``         string  one console login: ``h`` is the SHA-256 of the
                                            session id in the browser's cookie; expires after
                                            ``INGEST_CONSOLE_SESSION_LIFETIME``, deleted at logout
+``ingest:{q}:minute:{m}``          hash    one minute of history for the console's charts
+                                           (``m`` = unix time // 60), expiring
+                                           :data:`MINUTE_TTL` (2 h) after its first write:
+                                           ``delivered``, ``dead_lettered`` (counted by ACK
+                                           per batch); ``depth``, ``oldest_age`` (the largest
+                                           queue length and oldest queued event's age in
+                                           seconds among the samples RECLAIM took that minute)
 =================================  ======  ====================================================
 
 The accounting identity every process can check from these keys alone::
@@ -51,6 +58,16 @@ from dataclasses import dataclass
 
 RQ_QUEUES = "rq:queues"
 JOB_PREFIX = "rq:job:"
+
+
+# How long a minute of chart history (``ingest:{q}:minute:{m}``) is kept: the console draws
+# the last hour, so at most ~120 such keys per queue exist at any time.
+MINUTE_TTL = 2 * 3600
+
+
+def minute_of(moment: float) -> int:
+    """The unix minute (``m`` of ``ingest:{q}:minute:{m}``) that unix time ``moment`` is in."""
+    return int(moment // 60)
 
 
 # The website of events sent with a df_ key (which names its own website): the value of a
@@ -129,3 +146,10 @@ class QueueKeys:
 
     def console_session(self, session_hash: str) -> str:
         return f"ingest:{self.name}:session:{session_hash}"
+
+    def minute(self, m: int) -> str:
+        return f"ingest:{self.name}:minute:{m}"
+
+    @property
+    def minute_prefix(self) -> str:
+        return f"ingest:{self.name}:minute:"

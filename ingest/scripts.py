@@ -25,7 +25,7 @@ import redis.asyncio
 from redis.exceptions import NoScriptError
 
 from .jobs import Claimed
-from .keys import JOB_PREFIX, RQ_QUEUES, QueueKeys, job_key, text
+from .keys import JOB_PREFIX, MINUTE_TTL, RQ_QUEUES, QueueKeys, job_key, minute_of, text
 from .timestamps import RQ_TIMESPEC, utc_iso
 
 # Due retries CLAIM moves to the queue, and expired leases RECLAIM returns, per call.
@@ -256,7 +256,7 @@ async def claim(
 # Record the outcome of a batch of finished requests.
 # KEYS: 1 rq:wip:{q}  2 rq:queue:{q}  3 rq:scheduled:{q}  4 ingest:{q}:stats
 #       5 ingest:{q}:dead  6 ingest:{q}:dead:index  7 rq:deferred:{q}  8 ingest:{q}:rate
-#       9 ingest:{q}:paused
+#       9 ingest:{q}:paused  10 ingest:{q}:minute:{m} (the minute of ``now``)
 # ARGV: 1 now (unix)  2 worker name  3 dedup window (s)  4 done key prefix  5 job key prefix
 #       6 parked key prefix  7 JSON array of outcomes, each one of
 #         ["ok", id, api_duplicate]                      delivered
@@ -264,14 +264,19 @@ async def claim(
 #         ["dead", id, record]                           permanent or exhausted
 #         ["return", id]                                 not sent (shutdown): back to the front
 #         ["park", id, website, reason]                  auth failure: pause the website
+#       8 the minute key's expiry (s)
 # Delivering or dead-lettering a payment releases a refund deferred on it (RQ's dependents
 # set), even one enqueued while the payment was in flight.
 # An outcome only counts if the worker still holds the event's lease (ZREM removed it); if
 # the lease ran out and another worker took the event over, that worker reports it instead.
+# The batch's deliveries and dead letters are added to its minute for the console's charts:
+# one HINCRBY per kind per batch, and an EXPIRE only by the write that creates a field (so
+# at most once per field per minute; every write that can create the key creates a field).
 ACK = """
 local started_key, queue_key, scheduled_key, stats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local dead_key, dead_index_key, deferred_key = KEYS[5], KEYS[6], KEYS[7]
 local rate_key, paused_key = KEYS[8], KEYS[9]
+local minute_key, minute_ttl = KEYS[10], ARGV[8]
 local now, worker, window = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local done_prefix, job_prefix, parked_prefix = ARGV[4], ARGV[5], ARGV[6]
 local outcomes = cjson.decode(ARGV[7])
@@ -324,6 +329,12 @@ for field, n in pairs(counts) do
 end
 if counts.delivered > 0 then
   redis.call('HINCRBY', rate_key, math.floor(tonumber(now)), counts.delivered)
+end
+for _, field in ipairs({'delivered', 'dead_lettered'}) do
+  local n = counts[field]
+  if n > 0 and redis.call('HINCRBY', minute_key, field, n) == n then
+    redis.call('EXPIRE', minute_key, minute_ttl)
+  end
 end
 return stale
 """
@@ -428,6 +439,7 @@ async def ack(
             keys.deferred,
             keys.rate,
             keys.paused,
+            keys.minute(minute_of(now)),
         ),
         (
             now,
@@ -437,6 +449,7 @@ async def ack(
             JOB_PREFIX,
             keys.parked_prefix,
             json.dumps([outcome.entry() for outcome in batch]),
+            MINUTE_TTL,
         ),
     )
     return int(stale)
@@ -444,13 +457,18 @@ async def ack(
 
 # -- RECLAIM -------------------------------------------------------------------------------------
 
-# Put back every event whose lease ran out (its worker died or hung).
-# KEYS: 1 rq:wip:{q}  2 rq:queue:{q}
-# ARGV: 1 now (unix)  2 limit  3 job key prefix
+# Put back every event whose lease ran out (its worker died or hung), then sample the queue.
+# KEYS: 1 rq:wip:{q}  2 rq:queue:{q}  3 ingest:{q}:minute:{m} (the minute of ``now``)
+# ARGV: 1 now (unix)  2 limit  3 job key prefix  4 the minute key's expiry (s)
 # Returns how many events went back on the queue (at the front: they are the oldest).
+# Every worker runs this in its housekeeping (every lease/4 s), which makes it the sampler of
+# the console's gauge charts: the queue's length and its head's age (from RQ's
+# ``enqueued_at``, %Y-%m-%dT%H:%M:%S.%fZ in UTC) are kept in the minute's hash if larger
+# than what an earlier sample of that minute (by any worker) left there.
 RECLAIM = """
 local started_key, queue_key = KEYS[1], KEYS[2]
 local now, limit, job_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local minute_key, minute_ttl = KEYS[3], ARGV[4]
 local expired = redis.call('ZRANGEBYSCORE', started_key, '-inf', now, 'LIMIT', 0, limit)
 local n = 0
 for _, member in ipairs(expired) do
@@ -462,6 +480,30 @@ for _, member in ipairs(expired) do
     n = n + 1
   end
 end
+local function unix_time(rq_time)  -- days from the civil date (H. Hinnant), no os.time here
+  local y, mo, d, h, mi, s = string.match(rq_time, '^(%d+)-(%d+)-(%d+)T(%d+):(%d+):([%d.]+)')
+  if not y then return nil end
+  y, mo = tonumber(y) - (tonumber(mo) <= 2 and 1 or 0), tonumber(mo)
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local doy = math.floor((153 * ((mo + 9) % 12) + 2) / 5) + tonumber(d) - 1
+  local days = era * 146097 + yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return (days - 719468) * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(s)
+end
+local depth, age = redis.call('LLEN', queue_key), 0
+local head = redis.call('LINDEX', queue_key, 0)
+local enqueued = head and redis.call('HGET', job_prefix .. head, 'enqueued_at')
+local since = enqueued and unix_time(enqueued)
+if since then age = math.max(0, tonumber(now) - since) end
+local seen = redis.call('HMGET', minute_key, 'depth', 'oldest_age')
+for i, sample in ipairs({{'depth', depth, '%d'}, {'oldest_age', age, '%.1f'}}) do
+  local was = tonumber(seen[i])  -- nil if absent (or not a number: overwritten)
+  if not was or sample[2] > was then
+    if redis.call('HSET', minute_key, sample[1], string.format(sample[3], sample[2])) == 1 then
+      redis.call('EXPIRE', minute_key, minute_ttl)
+    end
+  end
+end
 return n
 """
 _RECLAIM = Script(RECLAIM)
@@ -470,7 +512,9 @@ _RECLAIM = Script(RECLAIM)
 async def reclaim(conn: redis.asyncio.Redis, keys: QueueKeys, *, now: float) -> int:
     """Put back on the queue the events whose lease expired before ``now``; how many."""
     returned = await _RECLAIM.run_async(
-        conn, (keys.started, keys.queue), (now, _BATCH_LIMIT, JOB_PREFIX)
+        conn,
+        (keys.started, keys.queue, keys.minute(minute_of(now))),
+        (now, _BATCH_LIMIT, JOB_PREFIX, MINUTE_TTL),
     )
     return int(returned)
 
