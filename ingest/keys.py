@@ -7,6 +7,9 @@ registries see our queue, jobs and workers:
 key                                type    meaning
 =================================  ======  ====================================================
 ``rq:queues``                      set     RQ's set of queue keys (so ``rq info`` lists ours)
+``rq:workers``                     set     RQ's set of worker keys (``rq:worker:{name}``); a
+                                           SIGKILLed worker stays in it, so a worker is alive
+                                           only while its own key (heartbeat TTL) exists
 ``rq:queue:{q}``                   list    job ids waiting to be sent, oldest at the left
 ``rq:job:{id}``                    hash    one payment event in RQ's job layout (``data`` is
                                            RQ's JSON-serialised call tuple), plus our fields
@@ -47,6 +50,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 RQ_QUEUES = "rq:queues"
+RQ_WORKERS = "rq:workers"  # members are the workers' own keys, rq:worker:{name}
 JOB_PREFIX = "rq:job:"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from rq import Queue, Worker
 from rq.suspension import resume, suspend
 
 from ingest.models import validate_payment
@@ -41,3 +42,18 @@ def test_rq_suspend_holds_a_burst_worker_and_rq_resume_lets_it_drain(
     assert drained.wait(timeout=30) == 0
     accounting = read_accounting(redis_client, "payments")
     assert (accounting.delivered, accounting.queued, accounting.lost) == (50, 0, 0)
+
+
+def test_stats_count_only_workers_whose_heartbeat_has_not_expired(
+    redis_client: redis.Redis,
+) -> None:
+    queue = Queue("payments", connection=redis_client)
+    alive = Worker([queue], connection=redis_client, name="alive")
+    dead = Worker([queue], connection=redis_client, name="killed")
+    alive.register_birth()
+    dead.register_birth()
+    # A SIGKILLed worker never deregisters: RQ's workers set keeps its name, and only its
+    # own key expires (worker_ttl after its last heartbeat).
+    redis_client.delete(dead.key)
+
+    assert read_accounting(redis_client, "payments").workers == 1
