@@ -16,8 +16,10 @@ key                                type    meaning
                                            ``website``, ``attempts``, ``first_attempt_at``,
                                            ``last_status``, ``last_error``
 ``rq:wip:{q}``                     zset    RQ's StartedJobRegistry: ``{id}:{worker}`` scored by
-                                           the lease expiry; an expired entry is an event whose
-                                           worker died, and is put back on the queue
+                                           the lease expiry plus ``LEASE_SCORE_OFFSET``; an
+                                           expired entry is an event whose worker died, and is
+                                           put back on the queue. (A plain ``rq worker``'s own
+                                           entries, ``{id}:{execution}``, are scored by RQ.)
 ``rq:scheduled:{q}``               zset    RQ's ScheduledJobRegistry: job id scored by the time
                                            its retry is due
 ``rq:deferred:{q}``                zset    RQ's DeferredJobRegistry: refunds waiting for their
@@ -52,6 +54,14 @@ from dataclasses import dataclass
 RQ_QUEUES = "rq:queues"
 RQ_WORKERS = "rq:workers"  # members are the workers' own keys, rq:worker:{name}
 JOB_PREFIX = "rq:job:"
+
+
+# Added to a lease's expiry (unix seconds) to score it in RQ's started registry. RQ's own
+# cleanup (``StartedJobRegistry.cleanup``, run by ``rq info``, RQ's workers and scheduler)
+# takes the entries scored 0..now as executions whose worker died and moves their jobs to
+# ``rq:failed``; our leases are scored past its reach (~year 2286 onwards), so only our
+# ``RECLAIM`` returns them, to the queue.
+LEASE_SCORE_OFFSET = 10_000_000_000
 
 
 # The website of events sent with a df_ key (which names its own website): the value of a
