@@ -129,9 +129,15 @@ class Credentials:
         return self._header
 
     def params(self, website: str | None) -> str:
-        """The query string for one request (empty for a ``df_`` website key)."""
+        """The query string for one request.
+
+        A ``df_`` website key names its own website: an event without a website id goes
+        without ``websiteId``. An event that names one is sent with it even then, so that
+        the API refuses (403, which pauses that website) an event meant for another website
+        instead of recording it under the key's own.
+        """
         if not self.account_token:
-            return ""
+            return "" if website is None else f"?websiteId={quote(website)}"
         site = website or self.default_website
         if site is None:
             raise ConfigurationError(
