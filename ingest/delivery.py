@@ -129,9 +129,15 @@ class Credentials:
         return self._header
 
     def params(self, website: str | None) -> str:
-        """The query string for one request (empty for a ``df_`` website key)."""
+        """The query string for one request.
+
+        A ``df_`` website key names its own website: an event without a website id goes
+        without ``websiteId``. An event that names one is sent with it even then, so that
+        the API refuses (403, which pauses that website) an event meant for another website
+        instead of recording it under the key's own.
+        """
         if not self.account_token:
-            return ""
+            return "" if website is None else f"?websiteId={quote(website)}"
         site = website or self.default_website
         if site is None:
             raise ConfigurationError(
@@ -221,25 +227,41 @@ def _sync_client(pid: int, settings: Settings) -> tuple[Credentials, httpx.Clien
     return Credentials(settings), client
 
 
-def deliver_payment(body: str, website: str | None = None) -> str:
-    """Deliver one event synchronously: what a plain ``rq worker`` runs for our jobs.
-
-    Our own worker never calls this (it sends many events at once); it exists so that RQ's
-    stock tooling can still process the queue, one job at a time. Raises
-    :class:`DeliveryError` on anything but a delivery, so RQ records the failure.
-    """
-    credentials, client = _sync_client(os.getpid(), Settings())
+def send_payment(settings: Settings, body: str, website: str | None = None) -> Outcome:
+    """Send one event synchronously and classify the answer. Never raises for HTTP."""
+    credentials, client = _sync_client(os.getpid(), settings)
+    try:
+        params = credentials.params(website)
+    except ConfigurationError as exc:
+        return Outcome(Verdict.AUTH, None, str(exc))
     try:
         response = client.post(
-            PAYMENTS_PATH + credentials.params(website),
+            PAYMENTS_PATH + params,
             content=body.encode(),
             headers={**credentials.headers, "Content-Type": "application/json"},
         )
-        outcome = classify(
-            response.status_code, response.content, response.headers.get("retry-after")
-        )
     except httpx.HTTPError as exc:
-        outcome = classify(None, error=describe_transport_error(exc))
+        return classify(None, error=describe_transport_error(exc))
+    return classify(response.status_code, response.content, response.headers.get("retry-after"))
+
+
+def deliver_payment(body: str, website: str | None = None) -> Any:
+    """Deliver one event synchronously: what a plain ``rq worker`` runs for our jobs.
+
+    Our own worker never calls this (it sends many events at once). Run by RQ, the outcome
+    is settled in our keys as our worker would (:mod:`ingest.rqjob`): delivered, dead-lettered,
+    or handed back to RQ as an ``rq.Retry``. Called directly, it returns the API's message,
+    and raises :class:`DeliveryError` on anything but a delivery.
+    """
+    from rq import get_current_job
+
+    settings = Settings()
+    outcome = send_payment(settings, body, website)
+    job = get_current_job()
+    if job is not None:
+        from .rqjob import settle_in_rq
+
+        return settle_in_rq(job, settings, outcome)
     if outcome.verdict.delivered:
         return outcome.message
     error_class = AuthenticationError if outcome.verdict is Verdict.AUTH else DeliveryError

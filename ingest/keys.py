@@ -7,14 +7,19 @@ registries see our queue, jobs and workers:
 key                                type    meaning
 =================================  ======  ====================================================
 ``rq:queues``                      set     RQ's set of queue keys (so ``rq info`` lists ours)
+``rq:workers``                     set     RQ's set of worker keys (``rq:worker:{name}``); a
+                                           SIGKILLed worker stays in it, so a worker is alive
+                                           only while its own key (heartbeat TTL) exists
 ``rq:queue:{q}``                   list    job ids waiting to be sent, oldest at the left
 ``rq:job:{id}``                    hash    one payment event in RQ's job layout (``data`` is
                                            RQ's JSON-serialised call tuple), plus our fields
                                            ``website``, ``attempts``, ``first_attempt_at``,
                                            ``last_status``, ``last_error``
 ``rq:wip:{q}``                     zset    RQ's StartedJobRegistry: ``{id}:{worker}`` scored by
-                                           the lease expiry; an expired entry is an event whose
-                                           worker died, and is put back on the queue
+                                           the lease expiry plus ``LEASE_SCORE_OFFSET``; an
+                                           expired entry is an event whose worker died, and is
+                                           put back on the queue. (A plain ``rq worker``'s own
+                                           entries, ``{id}:{execution}``, are scored by RQ.)
 ``rq:scheduled:{q}``               zset    RQ's ScheduledJobRegistry: job id scored by the time
                                            its retry is due
 ``rq:deferred:{q}``                zset    RQ's DeferredJobRegistry: refunds waiting for their
@@ -57,6 +62,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 RQ_QUEUES = "rq:queues"
+RQ_WORKERS = "rq:workers"  # members are the workers' own keys, rq:worker:{name}
 JOB_PREFIX = "rq:job:"
 
 
@@ -68,6 +74,14 @@ MINUTE_TTL = 2 * 3600
 def minute_of(moment: float) -> int:
     """The unix minute (``m`` of ``ingest:{q}:minute:{m}``) that unix time ``moment`` is in."""
     return int(moment // 60)
+
+
+# Added to a lease's expiry (unix seconds) to score it in RQ's started registry. RQ's own
+# cleanup (``StartedJobRegistry.cleanup``, run by ``rq info``, RQ's workers and scheduler)
+# takes the entries scored 0..now as executions whose worker died and moves their jobs to
+# ``rq:failed``; our leases are scored past its reach (~year 2286 onwards), so only our
+# ``RECLAIM`` returns them, to the queue.
+LEASE_SCORE_OFFSET = 10_000_000_000
 
 
 # The website of events sent with a df_ key (which names its own website): the value of a

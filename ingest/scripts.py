@@ -25,7 +25,16 @@ import redis.asyncio
 from redis.exceptions import NoScriptError
 
 from .jobs import Claimed
-from .keys import JOB_PREFIX, MINUTE_TTL, RQ_QUEUES, QueueKeys, job_key, minute_of, text
+from .keys import (
+    JOB_PREFIX,
+    LEASE_SCORE_OFFSET,
+    MINUTE_TTL,
+    RQ_QUEUES,
+    QueueKeys,
+    job_key,
+    minute_of,
+    text,
+)
 from .timestamps import RQ_TIMESPEC, utc_iso
 
 # Due retries CLAIM moves to the queue, and expired leases RECLAIM returns, per call.
@@ -174,20 +183,44 @@ class Enqueue:
         pipe.evalsha(self.script.sha, len(keys), *keys, *args)
 
 
+def lease_score(lease_until: float) -> float:
+    """A lease's score in RQ's started registry: its expiry past RQ's cleanup's reach."""
+    return lease_until + LEASE_SCORE_OFFSET
+
+
+async def renew(
+    conn: redis.asyncio.Redis,
+    keys: QueueKeys,
+    job_ids: Iterable[str],
+    *,
+    worker: str,
+    lease_until: float,
+) -> None:
+    """Extend ``worker``'s leases on these events to ``lease_until``; a lease already gone
+    (expired and reclaimed, or acknowledged) is not recreated."""
+    score = lease_score(lease_until)
+    members = {f"{job_id}:{worker}": score for job_id in job_ids}
+    if members:
+        await conn.zadd(keys.started, members, xx=True)
+
+
 # -- CLAIM ---------------------------------------------------------------------------------------
 
 # Claim up to N events for one worker, after promoting retries that are due.
 # KEYS: 1 rq:queue:{q}  2 rq:wip:{q}  3 rq:scheduled:{q}  4 ingest:{q}:paused
-# ARGV: 1 now (unix)  2 lease expiry (unix)  3 worker name  4 N  5 job key prefix
-#       6 parked key prefix  7 promotion limit
+# ARGV: 1 now (unix)  2 lease score (expiry + LEASE_SCORE_OFFSET)  3 worker name  4 N
+#       5 job key prefix  6 parked key prefix  7 promotion limit  8 now (RQ's ISO format)
 # Returns a flat array: id, data, website, attempts, history ... per event.
 # Each claimed event is in RQ's started registry as "{id}:{worker}" scored by its lease
-# expiry; if the worker dies the lease runs out and RECLAIM puts the event back.
+# expiry plus LEASE_SCORE_OFFSET (out of reach of RQ's own cleanup, see keys.py); if the
+# worker dies the lease runs out and RECLAIM puts the event back. ``started_at`` is in RQ's
+# format (rq.utils.utcformat), so that RQ's tools can load the job.
 # Events of a website paused for an auth failure are moved aside to its parked list.
 CLAIM = """
 local queue_key, started_key, scheduled_key, paused_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, lease_until, worker, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local job_prefix, parked_prefix, promote_limit = ARGV[5], ARGV[6], tonumber(ARGV[7])
+local now_iso = ARGV[8]
 local due = redis.call('ZRANGEBYSCORE', scheduled_key, '-inf', now, 'LIMIT', 0, promote_limit)
 if #due > 0 then
   redis.call('ZREM', scheduled_key, unpack(due))
@@ -210,7 +243,7 @@ for _, id in ipairs(ids) do
       redis.call('RPUSH', parked_prefix .. website, id)
       redis.call('HSET', key, 'status', 'parked')
     else
-      redis.call('HSET', key, 'status', 'started', 'started_at', now)
+      redis.call('HSET', key, 'status', 'started', 'started_at', now_iso)
       lease[#lease + 1] = lease_until
       lease[#lease + 1] = id .. ':' .. worker
       out[#out + 1] = id
@@ -243,7 +276,16 @@ async def claim(
     rows = await _CLAIM.run_async(
         conn,
         (keys.queue, keys.started, keys.scheduled, keys.paused),
-        (now, lease_until, worker, limit, JOB_PREFIX, keys.parked_prefix, _BATCH_LIMIT),
+        (
+            now,
+            lease_score(lease_until),
+            worker,
+            limit,
+            JOB_PREFIX,
+            keys.parked_prefix,
+            _BATCH_LIMIT,
+            utc_iso(now, timespec=RQ_TIMESPEC),
+        ),
     )
     return [
         Claimed.from_fields(*rows[i : i + _CLAIM_FIELDS])
@@ -460,16 +502,23 @@ async def ack(
 # Put back every event whose lease ran out (its worker died or hung), then sample the queue.
 # KEYS: 1 rq:wip:{q}  2 rq:queue:{q}  3 ingest:{q}:minute:{m} (the minute of ``now``)
 # ARGV: 1 now (unix)  2 limit  3 job key prefix  4 the minute key's expiry (s)
+#       5 LEASE_SCORE_OFFSET
 # Returns how many events went back on the queue (at the front: they are the oldest).
+# Our leases are scored from LEASE_SCORE_OFFSET up; an entry scored below it that has
+# expired (a lease written before the offset existed) goes back to the queue too, before
+# RQ's cleanup would move it to rq:failed.
 # Every worker runs this in its housekeeping (every lease/4 s), which makes it the sampler of
 # the console's gauge charts: the queue's length and its head's age (from RQ's
 # ``enqueued_at``, %Y-%m-%dT%H:%M:%S.%fZ in UTC) are kept in the minute's hash if larger
 # than what an earlier sample of that minute (by any worker) left there.
 RECLAIM = """
 local started_key, queue_key = KEYS[1], KEYS[2]
-local now, limit, job_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local now, limit, job_prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local minute_key, minute_ttl = KEYS[3], ARGV[4]
-local expired = redis.call('ZRANGEBYSCORE', started_key, '-inf', now, 'LIMIT', 0, limit)
+local offset = tonumber(ARGV[5])
+local expired = redis.call('ZRANGEBYSCORE', started_key, offset, offset + now, 'LIMIT', 0, limit)
+local older = redis.call('ZRANGEBYSCORE', started_key, '-inf', now, 'LIMIT', 0, limit)
+for _, member in ipairs(older) do expired[#expired + 1] = member end
 local n = 0
 for _, member in ipairs(expired) do
   redis.call('ZREM', started_key, member)
@@ -514,7 +563,7 @@ async def reclaim(conn: redis.asyncio.Redis, keys: QueueKeys, *, now: float) -> 
     returned = await _RECLAIM.run_async(
         conn,
         (keys.started, keys.queue, keys.minute(minute_of(now))),
-        (now, _BATCH_LIMIT, JOB_PREFIX, MINUTE_TTL),
+        (now, _BATCH_LIMIT, JOB_PREFIX, MINUTE_TTL, LEASE_SCORE_OFFSET),
     )
     return int(returned)
 

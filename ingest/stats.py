@@ -60,6 +60,22 @@ class Accounting:
         return data
 
 
+def count_live_workers(connection: redis.Redis) -> int:
+    """RQ workers whose heartbeat has not expired.
+
+    RQ's workers set keeps a worker that never deregistered (SIGKILL, a lost host) until
+    something cleans it; the worker's own key expires ``worker_ttl`` after its last
+    heartbeat, so that key is what says it is alive. Read-only: nothing is cleaned here.
+    """
+    members = list(connection.smembers(keys.RQ_WORKERS))
+    if not members:
+        return 0
+    with connection.pipeline(transaction=False) as pipe:
+        for member in members:
+            pipe.exists(member)
+        return sum(int(found) for found in pipe.execute())
+
+
 def read_accounting(connection: redis.Redis, queue: str, *, now: float | None = None) -> Accounting:
     k = keys.QueueKeys(queue)
     now = time.time() if now is None else now
@@ -86,8 +102,6 @@ def read_accounting(connection: redis.Redis, queue: str, *, now: float | None = 
         enqueued_at = connection.hget(keys.job_key(keys.text(head)), "enqueued_at")
         if enqueued_at:
             oldest = max(0.0, now - parse_rq_time(enqueued_at))
-    from rq import Worker
-
     return Accounting(
         enqueued=counters.get("enqueued", 0),
         duplicates=counters.get("duplicates", 0),
@@ -106,6 +120,6 @@ def read_accounting(connection: redis.Redis, queue: str, *, now: float | None = 
         dead=int(dead),
         rate_per_second=sum(window) / 60.0,
         oldest_queued_age=oldest,
-        workers=Worker.count(connection=connection),
+        workers=count_live_workers(connection),
         paused={keys.text(s): keys.text(r) for s, r in paused.items()},
     )

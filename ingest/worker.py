@@ -58,6 +58,7 @@ from .scripts import (
     ack,
     claim,
     reclaim,
+    renew,
     unpause,
 )
 from .settings import Settings
@@ -276,8 +277,7 @@ class IngestWorker(SimpleWorker):
         await self._follow_suspension()
         if run.held:
             lease_until = now + self.settings.lease_seconds
-            members = {f"{job_id}:{self.name}": lease_until for job_id in run.held}
-            await run.aconn.zadd(self.keys.started, members, xx=True)
+            await renew(run.aconn, self.keys, run.held, worker=self.name, lease_until=lease_until)
         returned = await reclaim(run.aconn, self.keys, now=now)
         if returned:
             self.counts.reclaimed += returned
