@@ -14,7 +14,8 @@ key                                type    meaning
 ``rq:job:{id}``                    hash    one payment event in RQ's job layout (``data`` is
                                            RQ's JSON-serialised call tuple), plus our fields
                                            ``website``, ``attempts``, ``first_attempt_at``,
-                                           ``last_status``, ``last_error``
+                                           ``last_status``, ``last_error``, and for a refund
+                                           ``payment_id``, the payment it waits for
 ``rq:wip:{q}``                     zset    RQ's StartedJobRegistry: ``{id}:{worker}`` scored by
                                            the lease expiry plus ``LEASE_SCORE_OFFSET``; an
                                            expired entry is an event whose worker died, and is
@@ -23,8 +24,11 @@ key                                type    meaning
 ``rq:scheduled:{q}``               zset    RQ's ScheduledJobRegistry: job id scored by the time
                                            its retry is due
 ``rq:deferred:{q}``                zset    RQ's DeferredJobRegistry: refunds waiting for their
-                                           payment to be delivered or dead-lettered
-``rq:job:{id}:dependents``         set     RQ's dependents set: the refund waiting on ``id``
+                                           payment to be delivered (a dead payment's wait
+                                           for an operator's replay or purge)
+``rq:job:{id}:dependents``         set     RQ's dependents set: the refund waiting on ``id``,
+                                           in any queue; it outlives the job hash while the
+                                           payment is dead
 ``ingest:{q}:done:{id}``           string  a delivered event's id, kept ``INGEST_DEDUP_WINDOW``
                                            seconds so a re-enqueue reports a duplicate
 ``ingest:{q}:dead``                hash    dead letters: job id -> JSON record (never expires)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -71,6 +71,84 @@ class Script:
             return await conn.evalsha(self.sha, len(keys), *keys, *args)
 
 
+# -- refunds deferred on a payment ----------------------------------------------------------------
+
+
+def _lua_string(value: str) -> str:
+    # Key names are ASCII, for which a JSON string literal is also a Lua one.
+    return json.dumps(value)
+
+
+def _queue_key_function(lua_name: str, attribute: str) -> str:
+    """A Lua function giving one of :class:`QueueKeys`' keys for any queue name, so a script
+    can reach another queue's keys while the names stay defined in :mod:`ingest.keys`."""
+    prefix, _, suffix = getattr(QueueKeys("\0"), attribute).partition("\0")
+    return (
+        f"local function {lua_name}(q) return {_lua_string(prefix)} .. q .. "
+        f"{_lua_string(suffix)} end\n"
+    )
+
+
+# The dead-letter reasons of a refund whose payment left unsent.
+PAYMENT_PURGED = "payment_purged"
+PAYMENT_ERASED = "payment_erased"
+
+# A refund deferred on a payment waits in its own queue's deferred registry (the job's
+# ``origin``): a refund may be enqueued in another queue than its payment, while job hashes
+# and dependents sets are shared by all queues. When the payment is delivered the refund is
+# queued; when the payment leaves for good unsent (an operator's purge, an erasure) the refund
+# is dead-lettered with that reason, never sent without its payment; while the payment is
+# dead the refund stays deferred, waiting for an operator's replay or purge.
+DEPENDENTS = (
+    f"local DEPENDENTS_JOB_PREFIX = {_lua_string(JOB_PREFIX)}\n"
+    f"local PAYMENT_PURGED = {_lua_string(PAYMENT_PURGED)}\n"
+    f"local PAYMENT_ERASED = {_lua_string(PAYMENT_ERASED)}\n"
+    + _queue_key_function("queue_key_of", "queue")
+    + _queue_key_function("deferred_key_of", "deferred")
+    + _queue_key_function("dead_key_of", "dead")
+    + _queue_key_function("dead_index_key_of", "dead_index")
+    + _queue_key_function("stats_key_of", "stats")
+    + """
+local function each_deferred_dependent(id, fn)
+  local dkey = DEPENDENTS_JOB_PREFIX .. id .. ':dependents'
+  for _, dep in ipairs(redis.call('SMEMBERS', dkey)) do
+    local origin = redis.call('HGET', DEPENDENTS_JOB_PREFIX .. dep, 'origin')
+    if origin and redis.call('ZREM', deferred_key_of(origin), dep) == 1 then
+      fn(dep, origin)
+    end
+  end
+  redis.call('DEL', dkey)
+end
+local function release_dependents(id)
+  each_deferred_dependent(id, function(dep, origin)
+    redis.call('HSET', DEPENDENTS_JOB_PREFIX .. dep, 'status', 'queued')
+    redis.call('RPUSH', queue_key_of(origin), dep)
+  end)
+end
+local function transaction_of(data)
+  local ok, call = pcall(cjson.decode, data)
+  if not ok or type(call) ~= 'table' or type(call[3]) ~= 'table' then return '' end
+  local ok_body, body = pcall(cjson.decode, call[3][1])
+  if not ok_body or type(body) ~= 'table' then return '' end
+  return body['transaction_id'] or ''
+end
+local function dead_letter_dependents(id, reason, message, now, now_iso)
+  each_deferred_dependent(id, function(dep, origin)
+    local key = DEPENDENTS_JOB_PREFIX .. dep
+    local f = redis.call('HMGET', key, 'data', 'website')
+    local record = cjson.encode({job_id = dep, transaction_id = transaction_of(f[1]),
+      website = f[2] or '-', data = f[1], reason = reason, error = message, attempts = 0,
+      first_attempt_at = '', last_attempt_at = '', dead_at = now_iso})
+    redis.call('HSET', dead_key_of(origin), dep, record)
+    redis.call('ZADD', dead_index_key_of(origin), now, dep)
+    redis.call('DEL', key)
+    redis.call('HINCRBY', stats_key_of(origin), 'dead_lettered', 1)
+  end)
+end
+"""
+)
+
+
 # -- ENQUEUE -------------------------------------------------------------------------------------
 
 # Enqueue one event, or report it as a duplicate.
@@ -82,8 +160,11 @@ class Script:
 # Returns 1 queued, 2 deferred (a refund waiting for its payment), 0 duplicate.
 # This is the checkout's hot path: every argument costs latency, so the queue is entered in
 # RQ's ``rq:queues`` set by the worker at start and by REPLAY, not on every enqueue.
-# A refund whose payment is still in the system (queued, in flight, scheduled for retry) waits
-# in RQ's deferred registry and is released when that payment is delivered or dead-lettered.
+# A refund whose payment is still in the system (queued, in flight, scheduled for retry,
+# parked) or dead-lettered waits in RQ's deferred registry (see ``DEPENDENTS``): it is queued
+# once that payment is delivered. A dead payment's dependents set outlives its job hash, so a
+# payment dead in another queue is seen too once one refund waits on it. A refund's job hash
+# names its payment (``payment_id``).
 ENQUEUE = """
 local job_key, queue_key, stats_key, done_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local dead_key, payment_key, deferred_key = KEYS[5], KEYS[6], KEYS[7]
@@ -95,13 +176,19 @@ if redis.call('EXISTS', job_key) == 1 or redis.call('EXISTS', done_key) == 1
   return 0
 end
 local status = 'queued'
-if is_refund and redis.call('EXISTS', payment_key) == 1 then
+local payment_id = is_refund and string.match(payment_key, '([^:]+)$')
+if is_refund and (redis.call('EXISTS', payment_key) == 1
+    or redis.call('HEXISTS', dead_key, payment_id) == 1
+    or redis.call('EXISTS', payment_key .. ':dependents') == 1) then
   status = 'deferred'
 end
 redis.call('HSET', job_key, 'data', data, 'created_at', now_iso, 'enqueued_at', now_iso,
   'origin', queue_name, 'status', status, 'description', description, 'result_ttl', '0',
   'timeout', '60', 'website', website, 'attempts', '0')
 redis.call('HINCRBY', stats_key, 'enqueued', 1)
+if is_refund then
+  redis.call('HSET', job_key, 'payment_id', payment_id)
+end
 if status == 'deferred' then
   redis.call('SADD', payment_key .. ':dependents', id)
   redis.call('ZADD', deferred_key, now, id)
@@ -307,8 +394,9 @@ async def claim(
 #         ["return", id]                                 not sent (shutdown): back to the front
 #         ["park", id, website, reason]                  auth failure: pause the website
 #       8 the minute key's expiry (s)
-# Delivering or dead-lettering a payment releases a refund deferred on it (RQ's dependents
-# set), even one enqueued while the payment was in flight.
+# Delivering a payment releases a refund deferred on it (RQ's dependents set), even one
+# enqueued while the payment was in flight, into the refund's own queue. Dead-lettering it
+# does not: the refund stays deferred until the payment is replayed and delivered, or purged.
 # An outcome only counts if the worker still holds the event's lease (ZREM removed it); if
 # the lease ran out and another worker took the event over, that worker reports it instead.
 # The batch's deliveries and dead letters are added to its minute for the console's charts:
@@ -325,18 +413,6 @@ local outcomes = cjson.decode(ARGV[7])
 local counts = {delivered = 0, api_duplicates = 0, retried = 0, dead_lettered = 0}
 local suffix = ':' .. worker
 local stale = 0
-local function release(id)
-  local dkey = job_prefix .. id .. ':dependents'
-  if redis.call('EXISTS', dkey) == 0 then return end
-  local deps = redis.call('SMEMBERS', dkey)
-  for _, dep in ipairs(deps) do
-    if redis.call('ZREM', deferred_key, dep) == 1 then
-      redis.call('HSET', job_prefix .. dep, 'status', 'queued')
-      redis.call('RPUSH', queue_key, dep)
-    end
-  end
-  redis.call('DEL', dkey)
-end
 for _, o in ipairs(outcomes) do
   local kind, id = o[1], o[2]
   if redis.call('ZREM', started_key, id .. suffix) == 0 then
@@ -344,7 +420,7 @@ for _, o in ipairs(outcomes) do
   elseif kind == 'ok' then
     redis.call('DEL', job_prefix .. id)
     if window > 0 then redis.call('SET', done_prefix .. id, '1', 'EX', window) end
-    release(id)
+    release_dependents(id)
     counts.delivered = counts.delivered + 1
     if o[3] == 1 then counts.api_duplicates = counts.api_duplicates + 1 end
   elseif kind == 'retry' then
@@ -355,7 +431,6 @@ for _, o in ipairs(outcomes) do
     redis.call('HSET', dead_key, id, o[3])
     redis.call('ZADD', dead_index_key, now, id)
     redis.call('DEL', job_prefix .. id)
-    release(id)
     counts.dead_lettered = counts.dead_lettered + 1
   elseif kind == 'return' then
     redis.call('HSET', job_prefix .. id, 'status', 'queued')
@@ -380,7 +455,7 @@ for _, field in ipairs({'delivered', 'dead_lettered'}) do
 end
 return stale
 """
-_ACK = Script(ACK)
+_ACK = Script(DEPENDENTS + ACK)
 
 
 class AckKind(StrEnum):
@@ -605,25 +680,43 @@ async def unpause(conn: redis.asyncio.Redis, keys: QueueKeys, website: str) -> i
 
 # Move dead letters back onto the queue as fresh events (attempts reset).
 # KEYS: 1 ingest:{q}:dead  2 ingest:{q}:dead:index  3 rq:queue:{q}  4 ingest:{q}:stats
-#       5 rq:queues
-# ARGV: 1 job key prefix  2 now (ISO)  3 queue name  4.. ids
+#       5 rq:queues  6 rq:deferred:{q}
+# ARGV: 1 job key prefix  2 now (ISO)  3 queue name  4 now (unix)
+#       5.. pairs: id, the id of the payment it refunds ('' for a payment)
 # Returns the ids actually requeued (an id already replayed by someone else is skipped).
+# A replayed refund whose payment is in the system or dead waits for it, deferred, as at
+# enqueue; a replayed payment's deferred refunds keep waiting on it (its dependents set).
 REPLAY = """
 local dead_key, dead_index_key, queue_key, stats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local queues_key = KEYS[5]
-local job_prefix, now_iso, queue_name, first_id = ARGV[1], ARGV[2], ARGV[3], 4
+local queues_key, deferred_key = KEYS[5], KEYS[6]
+local job_prefix, now_iso, queue_name, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local done = {}
-for i = first_id, #ARGV do
-  local id = ARGV[i]
+for i = 5, #ARGV, 2 do
+  local id, payment_id = ARGV[i], ARGV[i + 1]
   local raw = redis.call('HGET', dead_key, id)
   if raw then
     local rec = cjson.decode(raw)
+    local status = 'queued'
+    local payment_key = job_prefix .. payment_id
+    if payment_id ~= '' and (redis.call('EXISTS', payment_key) == 1
+        or redis.call('HEXISTS', dead_key, payment_id) == 1
+        or redis.call('EXISTS', payment_key .. ':dependents') == 1) then
+      status = 'deferred'
+    end
     redis.call('HSET', job_prefix .. id, 'data', rec['data'],
       'created_at', rec['created_at'] or now_iso, 'enqueued_at', now_iso,
-      'origin', queue_name, 'status', 'queued',
+      'origin', queue_name, 'status', status,
       'description', rec['description'] or '', 'result_ttl', '0', 'timeout', '60',
       'website', rec['website'] or '-', 'attempts', '0', 'history', rec['history_json'] or '')
-    redis.call('RPUSH', queue_key, id)
+    if payment_id ~= '' then
+      redis.call('HSET', job_prefix .. id, 'payment_id', payment_id)
+    end
+    if status == 'deferred' then
+      redis.call('SADD', payment_key .. ':dependents', id)
+      redis.call('ZADD', deferred_key, now, id)
+    else
+      redis.call('RPUSH', queue_key, id)
+    end
     redis.call('HDEL', dead_key, id)
     redis.call('ZREM', dead_index_key, id)
     done[#done + 1] = id
@@ -638,12 +731,25 @@ return done
 _REPLAY = Script(REPLAY)
 
 
-def replay(conn: redis.Redis, keys: QueueKeys, ids: Sequence[str], *, now: datetime) -> list[str]:
-    """Requeue these dead letters as if enqueued at ``now``; returns the ids requeued."""
+def replay(
+    conn: redis.Redis,
+    keys: QueueKeys,
+    ids: Sequence[str],
+    *,
+    now: datetime,
+    payments: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Requeue these dead letters as if enqueued at ``now``; returns the ids requeued.
+
+    ``payments`` maps a refund's id to the id of its payment, so that the refund waits for a
+    payment still in the system or dead (it is deferred, not queued).
+    """
+    payments = payments or {}
+    pairs = [part for job_id in ids for part in (job_id, payments.get(job_id, ""))]
     done = _REPLAY.run(
         conn,
-        (keys.dead, keys.dead_index, keys.queue, keys.stats, RQ_QUEUES),
-        (JOB_PREFIX, utc_iso(now, timespec=RQ_TIMESPEC), keys.name, *ids),
+        (keys.dead, keys.dead_index, keys.queue, keys.stats, RQ_QUEUES, keys.deferred),
+        (JOB_PREFIX, utc_iso(now, timespec=RQ_TIMESPEC), keys.name, repr(now.timestamp()), *pairs),
     )
     return [d.decode() if isinstance(d, bytes) else str(d) for d in done]
 
@@ -652,26 +758,39 @@ def replay(conn: redis.Redis, keys: QueueKeys, ids: Sequence[str], *, now: datet
 
 # Delete dead letters for good (an operator's explicit decision, counted as purged).
 # KEYS: 1 ingest:{q}:dead  2 ingest:{q}:dead:index  3 ingest:{q}:stats
-# ARGV: ids
+# ARGV: 1 now (unix)  2 now (ISO)  3.. ids
+# A refund deferred on a purged payment is dead-lettered (reason ``payment_purged``), in its
+# own queue: sending a refund of a payment the API never recorded would post revenue that
+# never was, so a person decides (replay sends it anyway, purge drops it).
 PURGE = """
 local dead_key, dead_index_key, stats_key = KEYS[1], KEYS[2], KEYS[3]
-local ids = ARGV
+local now, now_iso = ARGV[1], ARGV[2]
 local n = 0
-for _, id in ipairs(ids) do
+for i = 3, #ARGV do
+  local id = ARGV[i]
   if redis.call('HDEL', dead_key, id) == 1 then
     redis.call('ZREM', dead_index_key, id)
+    dead_letter_dependents(id, PAYMENT_PURGED,
+      'its payment was purged from the dead letters unsent', now, now_iso)
     n = n + 1
   end
 end
 if n > 0 then redis.call('HINCRBY', stats_key, 'purged', n) end
 return n
 """
-_PURGE = Script(PURGE)
+_PURGE = Script(DEPENDENTS + PURGE)
 
 
-def purge(conn: redis.Redis, keys: QueueKeys, ids: Sequence[str]) -> int:
-    """Delete these dead letters; returns how many there were."""
-    return int(_PURGE.run(conn, (keys.dead, keys.dead_index, keys.stats), ids))
+def purge(conn: redis.Redis, keys: QueueKeys, ids: Sequence[str], *, now: datetime) -> int:
+    """Delete these dead letters; returns how many there were. Refunds deferred on a purged
+    payment become dead letters themselves (``payment_purged``), dated ``now``."""
+    return int(
+        _PURGE.run(
+            conn,
+            (keys.dead, keys.dead_index, keys.stats),
+            (repr(now.timestamp()), utc_iso(now), *ids),
+        )
+    )
 
 
 # -- ERASE ---------------------------------------------------------------------------------------
@@ -679,20 +798,25 @@ def purge(conn: redis.Redis, keys: QueueKeys, ids: Sequence[str]) -> int:
 # Erase one event wherever it waits (an erasure request: it must never be sent again).
 # KEYS: 1 rq:queue:{q}  2 rq:scheduled:{q}  3 rq:deferred:{q}  4 ingest:{q}:dead
 #       5 ingest:{q}:dead:index  6 ingest:{q}:stats
-# ARGV: 1 job key prefix  2 parked key prefix  3 id
+# ARGV: 1 job key prefix  2 parked key prefix  3 id  4 now (unix)  5 now (ISO)
 # Returns where it was ("queued", "scheduled", "deferred", "parked", "dead"), "in_flight" if
 # a worker is sending it right now (not recalled), or false if it was not there.
+# Refunds deferred on an erased payment are dead-lettered (``payment_erased``): their payment
+# will never be sent, and a refund matched by the erasure itself is erased as any event. An
+# erased refund leaves its payment's dependents set, so nothing waits on a gone event.
 ERASE = """
 local queue_key, scheduled_key, deferred_key = KEYS[1], KEYS[2], KEYS[3]
 local dead_key, dead_index_key, stats_key = KEYS[4], KEYS[5], KEYS[6]
-local job_prefix, parked_prefix, id = ARGV[1], ARGV[2], ARGV[3]
+local job_prefix, parked_prefix, id, now, now_iso = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local reason, message = PAYMENT_ERASED, 'its payment was erased unsent'
 if redis.call('HDEL', dead_key, id) == 1 then
   redis.call('ZREM', dead_index_key, id)
   redis.call('HINCRBY', stats_key, 'erased', 1)
+  dead_letter_dependents(id, reason, message, now, now_iso)
   return 'dead'
 end
 local key = job_prefix .. id
-local f = redis.call('HMGET', key, 'status', 'website')
+local f = redis.call('HMGET', key, 'status', 'website', 'payment_id')
 local status = f[1]
 if not status then return false end
 if status == 'started' then return 'in_flight' end
@@ -701,17 +825,87 @@ redis.call('ZREM', scheduled_key, id)
 redis.call('ZREM', deferred_key, id)
 redis.call('LREM', parked_prefix .. (f[2] or '-'), 0, id)
 redis.call('DEL', key)
+if f[3] then redis.call('SREM', job_prefix .. f[3] .. ':dependents', id) end
 redis.call('HINCRBY', stats_key, 'erased', 1)
+dead_letter_dependents(id, reason, message, now, now_iso)
 return status
 """
-_ERASE = Script(ERASE)
+_ERASE = Script(DEPENDENTS + ERASE)
 
 
-def erase(conn: redis.Redis, keys: QueueKeys, job_id: str) -> str | None:
+def erase(conn: redis.Redis, keys: QueueKeys, job_id: str, *, now: datetime) -> str | None:
     """Erase one event; where it was (see ``ERASE``), or None if it was nowhere."""
     where = _ERASE.run(
         conn,
         (keys.queue, keys.scheduled, keys.deferred, keys.dead, keys.dead_index, keys.stats),
-        (JOB_PREFIX, keys.parked_prefix, job_id),
+        (JOB_PREFIX, keys.parked_prefix, job_id, repr(now.timestamp()), utc_iso(now)),
     )
     return text(where) if where else None
+
+
+# -- WAITING -------------------------------------------------------------------------------------
+
+# Why the deferred refunds of one queue wait: for a payment still on its way, or for a person.
+# KEYS: 1 rq:deferred:{q}
+# ARGV: 1 job key prefix  2 at most this many are looked at
+# Returns {deferred, on_dead, on_parked, orphaned, looked_at}: on_dead wait for a payment in
+# the dead letters (an operator's replay or purge), on_parked for a payment of a website paused
+# by an auth failure; orphaned wait for a payment that is nowhere (must be 0).
+WAITING = """
+local deferred_key = KEYS[1]
+local job_prefix, limit = ARGV[1], tonumber(ARGV[2])
+local on_dead, on_parked, orphaned = 0, 0, 0
+local ids = redis.call('ZRANGE', deferred_key, 0, limit - 1)
+for _, id in ipairs(ids) do
+  local payment_id = redis.call('HGET', job_prefix .. id, 'payment_id')
+  if payment_id then
+    local payment_key = job_prefix .. payment_id
+    local status = redis.call('HGET', payment_key, 'status')
+    if status == 'parked' then
+      on_parked = on_parked + 1
+    elseif not status then
+      -- A dead payment's dependents set outlives its job hash (in whichever queue it died).
+      if redis.call('SISMEMBER', payment_key .. ':dependents', id) == 1 then
+        on_dead = on_dead + 1
+      else
+        orphaned = orphaned + 1
+      end
+    end
+  end
+end
+return {redis.call('ZCARD', deferred_key), on_dead, on_parked, orphaned, #ids}
+"""
+_WAITING = Script(WAITING)
+_WAITING_LIMIT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """Why a queue's deferred refunds wait (see ``WAITING``)."""
+
+    deferred: int
+    on_dead: int  # payment in the dead letters: waits for an operator's replay or purge
+    on_parked: int  # payment of a website paused by an auth failure
+    orphaned: int  # payment nowhere: a bug, must be 0
+    complete: bool  # every deferred refund was looked at
+
+    @property
+    def blocked(self) -> int:
+        """Refunds that only a person can move on (dead or paused payment)."""
+        return self.on_dead + self.on_parked
+
+    @classmethod
+    def from_reply(cls, reply: Sequence[Any]) -> Waiting:
+        deferred, on_dead, on_parked, orphaned, looked_at = (int(n) for n in reply)
+        return cls(deferred, on_dead, on_parked, orphaned, looked_at == deferred)
+
+
+def waiting(conn: redis.Redis, keys: QueueKeys) -> Waiting:
+    """Why ``keys``' deferred refunds wait."""
+    return Waiting.from_reply(_WAITING.run(conn, (keys.deferred,), (JOB_PREFIX, _WAITING_LIMIT)))
+
+
+async def waiting_async(conn: redis.asyncio.Redis, keys: QueueKeys) -> Waiting:
+    """:func:`waiting` on an asyncio connection (the worker's)."""
+    reply = await _WAITING.run_async(conn, (keys.deferred,), (JOB_PREFIX, _WAITING_LIMIT))
+    return Waiting.from_reply(reply)

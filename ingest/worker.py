@@ -60,6 +60,7 @@ from .scripts import (
     reclaim,
     renew,
     unpause,
+    waiting_async,
 )
 from .settings import Settings
 from .throttle import AdaptiveLimiter
@@ -181,7 +182,8 @@ class IngestWorker(SimpleWorker):
         """Deliver until stopped (or, with ``burst``, until nothing is left to do).
 
         ``burst`` ends when nothing is queued, in flight or scheduled for a retry; events of
-        a website paused for an auth failure stay parked in Redis and are reported.
+        a website paused for an auth failure stay parked in Redis and are reported, and so
+        do refunds deferred on a dead-lettered or parked payment (they wait for a person).
         """
         self.bootstrap(logging_level or "WARNING")
         self.connection.sadd(keys.RQ_QUEUES, self.keys.queue)  # so `rq info` lists it
@@ -414,14 +416,28 @@ class IngestWorker(SimpleWorker):
                 attempt += 1
 
     async def _drained(self, aconn: redis.asyncio.Redis) -> bool:
+        """Nothing queued, in flight or scheduled, and every deferred refund waits for a
+        person: for a dead-lettered payment (replay or purge) or a paused website's."""
         k = self.keys
         async with aconn.pipeline(transaction=False) as pipe:
             pipe.llen(k.queue)
             pipe.zcard(k.scheduled)
             pipe.zcard(k.started)
             pipe.zcard(k.deferred)
-            counts = await pipe.execute()
-        return all(int(n) == 0 for n in counts)
+            queued, scheduled, started, deferred = (int(n) for n in await pipe.execute())
+        if queued or scheduled or started:
+            return False
+        if not deferred:
+            return True
+        waits = await waiting_async(aconn, k)
+        if not waits.complete or waits.blocked < waits.deferred:
+            return False
+        self._log.warning(
+            "refunds left deferred for an operator",
+            on_dead_payment=waits.on_dead,
+            on_paused_website=waits.on_parked,
+        )
+        return True
 
     # -- websites paused by an auth failure ---------------------------------------------------
 
