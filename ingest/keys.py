@@ -31,7 +31,17 @@ key                                type    meaning
 ``ingest:{q}:parked:{website}``    list    events of a paused website, set aside in order
 ``ingest:{q}:probe``               set     websites an operator asked to probe now
 ``ingest:{q}:rate``                hash    unix second -> deliveries, for "rate over 1 min"
+``ingest:{q}:send-rates``          set     credential ids this queue's workers send with
+``ingest:send-rate:{credential}``  hash    one credential's shared send rate, for every queue
+                                           and host (:mod:`ingest.ratelimit`): the token
+                                           bucket (``tokens``, ``ts``), the learned ``rate``,
+                                           ``hold_until``, the learner's ``learner`` state and
+                                           the current answer window (``w_*``); expires a
+                                           day after its last use
 =================================  ======  ====================================================
+
+``{credential}`` is :func:`ingest.ratelimit.credential_id`: a short hash of the key (and,
+for a ``dft_`` token, the website), never the key itself.
 
 The accounting identity every process can check from these keys alone::
 
@@ -62,6 +72,11 @@ def text(value: bytes | str) -> str:
 
 def job_key(job_id: str) -> str:
     return f"{JOB_PREFIX}{job_id}"
+
+
+def send_rate(credential: str) -> str:
+    """One credential's shared send rate: not per queue, as the API limits the key."""
+    return f"ingest:send-rate:{credential}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,3 +138,7 @@ class QueueKeys:
     @property
     def rate(self) -> str:
         return f"ingest:{self.name}:rate"
+
+    @property
+    def send_rates(self) -> str:
+        return f"ingest:{self.name}:send-rates"
