@@ -50,7 +50,17 @@ key                                type    meaning
                                            per batch); ``depth``, ``oldest_age`` (the largest
                                            queue length and oldest queued event's age in
                                            seconds among the samples RECLAIM took that minute)
+``ingest:{q}:send-rates``          set     credential ids this queue's workers send with
+``ingest:send-rate:{credential}``  hash    one credential's shared send rate, for every queue
+                                           and host (:mod:`ingest.ratelimit`): the token
+                                           bucket (``tokens``, ``ts``), the learned ``rate``,
+                                           ``hold_until``, the learner's ``learner`` state and
+                                           the current answer window (``w_*``); expires a
+                                           day after its last use
 =================================  ======  ====================================================
+
+``{credential}`` is :func:`ingest.ratelimit.credential_id`: a short hash of the key (and,
+for a ``dft_`` token, the website), never the key itself.
 
 The accounting identity every process can check from these keys alone::
 
@@ -100,6 +110,11 @@ def text(value: bytes | str) -> str:
 
 def job_key(job_id: str) -> str:
     return f"{JOB_PREFIX}{job_id}"
+
+
+def send_rate(credential: str) -> str:
+    """One credential's shared send rate: not per queue, as the API limits the key."""
+    return f"ingest:send-rate:{credential}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,3 +186,7 @@ class QueueKeys:
     @property
     def minute_prefix(self) -> str:
         return f"ingest:{self.name}:minute:"
+
+    @property
+    def send_rates(self) -> str:
+        return f"ingest:{self.name}:send-rates"

@@ -33,6 +33,7 @@ from .keys import (
     QueueKeys,
     job_key,
     minute_of,
+    send_rate,
     text,
 )
 from .timestamps import RQ_TIMESPEC, utc_iso
@@ -909,3 +910,230 @@ async def waiting_async(conn: redis.asyncio.Redis, keys: QueueKeys) -> Waiting:
     """:func:`waiting` on an asyncio connection (the worker's)."""
     reply = await _WAITING.run_async(conn, (keys.deferred,), (JOB_PREFIX, _WAITING_LIMIT))
     return Waiting.from_reply(reply)
+
+
+# -- ACQUIRE -------------------------------------------------------------------------------------
+
+# Take send permits from one credential's shared token bucket, and report answers to it.
+# KEYS: 1 ingest:send-rate:{credential}  2 ingest:{q}:send-rates
+# ARGV: 1 now (unix)  2 permits wanted  3 permits given back (taken before, never used)
+#       4 answers accepted  5 answers 429  6 other answers  7 largest Retry-After of those
+#       429s (-1: none)  8 rate the answers' RateLimit fields allow (-1: none)
+#       9 rate before anything was learned  10 bucket size in seconds of the rate
+#       11 12 13 a window closes after at least ARGV[11] s once it holds ARGV[12] answers,
+#       or after ARGV[13] s  14 credential id  15 seconds the hash lives after its last use
+# Returns {granted, wait, rate, hold_until, learner, window}: wait is the seconds until the
+# next permit (or the hold's end), learner the JSON the learner stored (or false), and
+# window, only for the one caller that closed it, {seconds, ok, 429, other, granted,
+# retry_after, header_rate}, else {}. Fractions travel as strings (Lua numbers returned
+# to Redis are cut to integers).
+# Why Lua: the bucket is read, refilled and taken from by every worker on every host, and
+# exactly one of them must close each window; one script is atomic and one round trip.
+ACQUIRE = """
+local key, index = KEYS[1], KEYS[2]
+local now, wanted, unused = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local h = redis.call('HMGET', key, 'rate', 'tokens', 'ts', 'hold_until', 'learner',
+  'w_start', 'w_ok', 'w_429', 'w_other', 'w_granted', 'w_ra', 'w_hr')
+local rate = tonumber(h[1]) or tonumber(ARGV[9])
+local size = math.max(1, rate * tonumber(ARGV[10]))
+local tokens = tonumber(h[2]) or size
+local ts = tonumber(h[3]) or now
+local hold = tonumber(h[4]) or 0
+tokens = math.min(size, tokens + math.max(0, now - ts) * rate + unused)
+local granted = 0
+if now >= hold and wanted > 0 then
+  -- (+0.001: a refill of exactly n tokens, from unix times ~2e9 with ~1e-7 s of precision,
+  -- may fall just short)
+  granted = math.min(wanted, math.floor(tokens + 0.001))
+  tokens = tokens - granted
+end
+local wait = 0
+if hold > now then
+  wait = hold - now
+elseif tokens < 1 then
+  wait = (1 - tokens) / rate
+end
+local w_start = tonumber(h[6]) or now
+local ok = (tonumber(h[7]) or 0) + tonumber(ARGV[4])
+local throttled = (tonumber(h[8]) or 0) + tonumber(ARGV[5])
+local other = (tonumber(h[9]) or 0) + tonumber(ARGV[6])
+local taken = math.max(0, (tonumber(h[10]) or 0) + granted - unused)
+local retry_after = math.max(tonumber(h[11]) or -1, tonumber(ARGV[7]))
+local header_rate = tonumber(h[12]) or -1
+local reported = tonumber(ARGV[8])
+if reported > 0 and (header_rate < 0 or reported < header_rate) then header_rate = reported end
+local window = {}
+local elapsed = now - w_start
+if elapsed >= tonumber(ARGV[11])
+   and (ok + throttled + other >= tonumber(ARGV[12]) or elapsed >= tonumber(ARGV[13])) then
+  window = {tostring(elapsed), ok, throttled, other, taken, tostring(retry_after),
+            tostring(header_rate)}
+  w_start, ok, throttled, other, taken, retry_after, header_rate = now, 0, 0, 0, 0, -1, -1
+end
+redis.call('HSET', key, 'rate', tostring(rate), 'tokens', tostring(tokens), 'ts', tostring(now),
+  'w_start', tostring(w_start), 'w_ok', ok, 'w_429', throttled, 'w_other', other,
+  'w_granted', taken, 'w_ra', tostring(retry_after), 'w_hr', tostring(header_rate))
+redis.call('EXPIRE', key, tonumber(ARGV[15]))
+redis.call('SADD', index, ARGV[14])
+return {granted, tostring(wait), tostring(rate), tostring(hold), h[5], window}
+"""
+_ACQUIRE = Script(ACQUIRE)
+
+
+@dataclass(frozen=True, slots=True)
+class Answers:
+    """What a worker's requests of one credential got since it last reported."""
+
+    ok: int = 0
+    """Any answer but a 429 that came from the API (2xx, 4xx, 5xx)."""
+    throttled: int = 0
+    """429s."""
+    other: int = 0
+    """No answer: timeouts, refused or dropped connections."""
+    retry_after: float | None = None
+    """The largest ``Retry-After`` among the 429s."""
+    header_rate: float | None = None
+    """The smallest rate the answers' ``RateLimit`` fields allow (requests/s)."""
+
+    @property
+    def total(self) -> int:
+        return self.ok + self.throttled + self.other
+
+
+NO_ANSWERS = Answers()
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerWindow:
+    """One closed window of a credential's answers, from every worker."""
+
+    seconds: float
+    ok: int
+    throttled: int
+    other: int
+    granted: int
+    """Permits taken in the window (what the fleet sent, give or take requests in flight)."""
+    retry_after: float | None
+    header_rate: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class BucketShape:
+    """How ``ACQUIRE`` sizes the bucket and the window (see its header)."""
+
+    initial_rate: float
+    bucket_seconds: float
+    window_min: float
+    window_answers: int
+    window_max: float
+    ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class Permits:
+    """What ``ACQUIRE`` granted, and the credential's shared state as it stands."""
+
+    granted: int
+    wait: float
+    """Seconds until the next permit, or until the hold ends."""
+    rate: float
+    hold_until: float
+    learner: str | None
+    """The learner's stored state (JSON), None before it stored any."""
+    window: AnswerWindow | None
+    """The window this call closed: its caller alone decides the next rate from it."""
+
+
+def _optional(value: str) -> float | None:
+    number = float(value)
+    return None if number < 0 else number
+
+
+def _permits(reply: list[Any]) -> Permits:
+    granted, wait, rate, hold, learner, window = reply
+    closed = None
+    if window:
+        seconds, ok, throttled, other, taken, retry_after, header_rate = window
+        closed = AnswerWindow(
+            seconds=float(seconds),
+            ok=int(ok),
+            throttled=int(throttled),
+            other=int(other),
+            granted=int(taken),
+            retry_after=_optional(text(retry_after)),
+            header_rate=_optional(text(header_rate)),
+        )
+    return Permits(
+        granted=int(granted),
+        wait=float(wait),
+        rate=float(rate),
+        hold_until=float(hold),
+        learner=None if learner is None else text(learner),
+        window=closed,
+    )
+
+
+def _acquire_call(
+    keys: QueueKeys,
+    credential: str,
+    shape: BucketShape,
+    *,
+    now: float,
+    wanted: int,
+    unused: int,
+    answers: Answers,
+) -> tuple[tuple[str, str], tuple[Any, ...]]:
+    return (send_rate(credential), keys.send_rates), (
+        repr(now),
+        wanted,
+        unused,
+        answers.ok,
+        answers.throttled,
+        answers.other,
+        -1 if answers.retry_after is None else answers.retry_after,
+        -1 if answers.header_rate is None else answers.header_rate,
+        shape.initial_rate,
+        shape.bucket_seconds,
+        shape.window_min,
+        shape.window_answers,
+        shape.window_max,
+        credential,
+        shape.ttl,
+    )
+
+
+def acquire(
+    conn: redis.Redis,
+    keys: QueueKeys,
+    credential: str,
+    shape: BucketShape,
+    *,
+    now: float,
+    wanted: int,
+    unused: int = 0,
+    answers: Answers = NO_ANSWERS,
+) -> Permits:
+    """Take up to ``wanted`` permits of ``credential`` (one round trip), give back
+    ``unused`` ones, and add ``answers`` to its current window."""
+    call = _acquire_call(
+        keys, credential, shape, now=now, wanted=wanted, unused=unused, answers=answers
+    )
+    return _permits(_ACQUIRE.run(conn, *call))
+
+
+async def acquire_async(
+    conn: redis.asyncio.Redis,
+    keys: QueueKeys,
+    credential: str,
+    shape: BucketShape,
+    *,
+    now: float,
+    wanted: int,
+    unused: int = 0,
+    answers: Answers = NO_ANSWERS,
+) -> Permits:
+    """:func:`acquire` on an asyncio connection."""
+    call = _acquire_call(
+        keys, credential, shape, now=now, wanted=wanted, unused=unused, answers=answers
+    )
+    return _permits(await _ACQUIRE.run_async(conn, *call))
