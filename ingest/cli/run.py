@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import EXIT_FAILURE, EXIT_OK, load_settings
+from ._common import EXIT_FAILURE, EXIT_OK, load_settings, open_redis
 
 
 @click.command(help="Drain the queue and deliver payments (python worker.py is the same).")
@@ -17,6 +17,9 @@ def worker(burst: bool, concurrency: int | None, name: str | None) -> None:
 
     settings = load_settings(concurrency=concurrency)
     configure_logging(settings.log_level)
+    # Fail in one line at start when Redis is unreachable; once running, the worker rides
+    # out outages by itself.
+    open_redis(settings).close()
     run_worker(settings, burst=burst, name=name)
 
 
