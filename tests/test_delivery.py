@@ -20,7 +20,7 @@ from ingest.delivery import (
     Outcome,
     PaymentsClient,
     Verdict,
-    build_transport,
+    build_session,
     classify,
     deliver_payment,
 )
@@ -310,7 +310,7 @@ def send_all(settings: Settings, requests: Sequence[tuple[str, str | None]]) -> 
     """Send each (body, website) in turn over one pooled client, as a worker does."""
 
     async def run() -> list[Outcome]:
-        client = PaymentsClient(settings, build_transport(settings, concurrency=4))
+        client = PaymentsClient(settings, build_session(settings, concurrency=4))
         try:
             return [await client.send(b, website) for b, website in requests]
         finally:
