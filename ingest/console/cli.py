@@ -22,6 +22,7 @@ from .config import (
     ConsoleOptions,
     ConsoleSettings,
     check_bind,
+    plain_http_warning,
 )
 
 
@@ -93,7 +94,13 @@ def console_command(
     app = create_app(settings, options=options)
     shown = f"[{host}]" if ":" in host else host
     scheme = "https" if ssl_certfile else "http"
-    get_logger(component="console").info(
+    log = get_logger(component="console")
+    warning = plain_http_warning(
+        host, https=ssl_certfile is not None, behind_proxy=forwarded_allow_ips is not None
+    )
+    if warning is not None:
+        log.warning(warning)
+    log.info(
         "console listening",
         url=f"{scheme}://{shown}:{port}/",
         behind_proxy=forwarded_allow_ips is not None,

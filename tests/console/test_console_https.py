@@ -137,3 +137,14 @@ def test_a_certificate_without_its_key_is_a_usage_error(redis_url: str, tmp_path
     )
     assert run.returncode == 2
     assert "--ssl-keyfile" in run.stderr
+
+
+def test_plain_http_beyond_loopback_is_warned_about() -> None:
+    from ingest.console.config import plain_http_warning
+
+    assert plain_http_warning("127.0.0.1", https=False, behind_proxy=False) is None
+    assert plain_http_warning("0.0.0.0", https=True, behind_proxy=False) is None
+    assert plain_http_warning("0.0.0.0", https=False, behind_proxy=True) is None
+    warning = plain_http_warning("0.0.0.0", https=False, behind_proxy=False)
+    assert warning is not None
+    assert "--ssl-certfile" in warning
