@@ -38,6 +38,7 @@ import redis
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ingest.errors import MalformedRequestError
 from ingest.logs import get_logger
 from ingest.personal import EMAIL_FIELDS, NAME_FIELDS
 from ingest.personal import mask_email as mask_email  # re-exported: the console's masking
@@ -155,26 +156,22 @@ def style_hash(css: str) -> str:
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_\-.]+)(?::(?P<port>[0-9]{1,5}))?")
 
 
-class MalformedRequest(ValueError):
-    """A header that cannot be read as what it claims to be: the answer is 400."""
-
-
 def host_is_loopback(host_header: str) -> bool:
-    """True when ``host_header`` names loopback; :class:`MalformedRequest` when it is not a
-    host at all (``[evil``, a port past 65535)."""
+    """True when ``host_header`` names loopback; :class:`~ingest.errors.MalformedRequestError`
+    when it is not a host at all (``[evil``, a port past 65535)."""
     if not host_header:
         return False
     matched = _HOST.fullmatch(host_header)
     port = matched.group("port") if matched else None
     if matched is None or (port is not None and int(port) > 65535):
-        raise MalformedRequest("malformed Host header")
+        raise MalformedRequestError("Host")
     hostname = urlsplit(f"//{host_header}").hostname
     return hostname is not None and is_loopback(hostname)
 
 
 def same_origin(headers: Mapping[str, str], scheme: str) -> str | None:
     """``None`` when the request comes from this origin, else why it does not;
-    :class:`MalformedRequest` for a Referer that is not a URL."""
+    :class:`~ingest.errors.MalformedRequestError` for a Referer that is not a URL."""
     host = headers.get("host")
     if not host:
         return "no Host header"
@@ -190,7 +187,7 @@ def same_origin(headers: Mapping[str, str], scheme: str) -> str | None:
         try:
             parts = urlsplit(referer)
         except ValueError as exc:  # "http://[x": an unterminated IPv6 literal
-            raise MalformedRequest("malformed Referer header") from exc
+            raise MalformedRequestError("Referer") from exc
         return (
             None
             if f"{parts.scheme}://{parts.netloc}".lower() == expected
@@ -244,7 +241,7 @@ class ConsoleGuard:
                 raise
             path: str = scope["path"]
             secured = _decorated(send, None, False)
-            if isinstance(exc, MalformedRequest):
+            if isinstance(exc, MalformedRequestError):
                 await self._refuse(secured, path, 400, str(exc))
             elif isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
                 self._log.error("console cannot reach Redis", error=exc)
