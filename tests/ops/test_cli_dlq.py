@@ -152,19 +152,6 @@ def test_every_dlq_subcommand_takes_json(subcommand: str) -> None:
     assert "--json" in result.stdout
 
 
-@pytest.mark.parametrize("subcommand", SUBCOMMANDS)
-def test_every_dlq_option_has_help_text(subcommand: str) -> None:
-    import click
-
-    from ingest.cli import cli
-
-    group = cli.commands["dlq"]
-    assert isinstance(group, click.Group)
-    command = group.commands[subcommand]
-    missing = [p.name for p in command.params if isinstance(p, click.Option) and not (p.help or "")]
-    assert missing == []
-
-
 def test_since_that_is_not_a_time_names_since(redis_url: str) -> None:
     result = dlq(redis_url, "list", "--since", "yesterday")
     no_traceback(result)

@@ -75,6 +75,16 @@ def help_entries(text: str) -> list[str]:
     return [e.replace(",", " ") for e in entries]
 
 
+@pytest.mark.parametrize("path", [p for p in command_paths() if p != ["console"]], ids=" ".join)
+def test_every_option_has_help_text(path: list[str]) -> None:
+    command: click.Command = cli
+    for name in path:
+        assert isinstance(command, click.Group)
+        command = command.commands[name]
+    missing = [p.opts[0] for p in command.params if isinstance(p, click.Option) and not p.help]
+    assert missing == []
+
+
 def test_stats_watch_redraws_in_place(redis_url: str) -> None:
     env = clean_environment(INGEST_REDIS_URL=redis_url, TERM="xterm-256color")
     env.update(COLUMNS="100", LINES="50")
