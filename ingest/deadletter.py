@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -23,7 +23,9 @@ from . import keys, scripts
 from .delivery import Outcome
 from .errors import AmbiguousIdError, NotFoundError
 from .jobs import Claimed, job_args
-from .logs import scrub
+from .logs import REDACTED, scrub
+from .models import event_id
+from .personal import LetterMask
 from .timestamps import utc_iso
 
 _SCAN_CHUNK = 500
@@ -83,6 +85,13 @@ class DeadLetter:
         }
 
 
+def api_message(body: str, message: str) -> str:
+    """The API's message about the event whose request body is ``body``, as we keep it
+    (history, dead letter, pause reason): without keys, email addresses, or this event's
+    own customer name and email."""
+    return LetterMask.of(body).redact(scrub(message), REDACTED)
+
+
 def dead_record(
     claimed: Claimed,
     outcome: Outcome,
@@ -103,7 +112,7 @@ def dead_record(
         "data": claimed.data,
         "reason": reason,
         "status": outcome.status,
-        "error": scrub(outcome.message),
+        "error": api_message(claimed.body, outcome.message),
         "attempts": attempts,
         "first_attempt_at": history[0]["at"] if history else utc_iso(now),
         "last_attempt_at": utc_iso(now),
@@ -293,7 +302,9 @@ class DeadLetterStore:
         for start in range(0, len(pending), chunk):
             batch = pending[start : start + chunk]
             now = datetime.now().astimezone()
-            requeued = scripts.replay(self.connection, self.keys, batch, now=now)
+            requeued = scripts.replay(
+                self.connection, self.keys, batch, now=now, payments=self._payments_of(batch)
+            )
             result.requeued += len(requeued)
             result.ids.extend(requeued)
             if progress is not None:
@@ -306,8 +317,27 @@ class DeadLetterStore:
         result.skipped = result.selected - result.requeued
         return result
 
+    def _payments_of(self, ids: list[str]) -> dict[str, str]:
+        """Refund id -> the id of the payment it refunds, for the refunds among ``ids``."""
+        payments: dict[str, str] = {}
+        for job_id, raw in zip(ids, self.connection.hmget(self.keys.dead, ids), strict=True):
+            if raw is None:
+                continue
+            args = job_args(json.loads(raw)["data"])
+            body = json.loads(args.body)
+            if body.get("refunded") is True:
+                payments[job_id] = event_id(
+                    args.website_id, str(body.get("transaction_id", "")), refunded=False
+                )
+        return payments
+
     def purge(self, ids: Iterable[str]) -> int:
-        """Delete these dead letters for good; returns how many were removed."""
+        """Delete these dead letters for good; returns how many were removed.
+
+        A refund waiting (deferred) on a purged payment is dead-lettered with the reason
+        ``payment_purged`` rather than sent: a refund of a payment the API never recorded
+        would post revenue that never was. Replay it to send it anyway, or purge it too.
+        """
         removed = 0
         batch: list[str] = []
         for dead_id in ids:
@@ -320,4 +350,4 @@ class DeadLetterStore:
         return removed
 
     def _purge_batch(self, batch: list[str]) -> int:
-        return scripts.purge(self.connection, self.keys, batch)
+        return scripts.purge(self.connection, self.keys, batch, now=datetime.now(UTC))

@@ -136,6 +136,12 @@ class Settings(BaseSettings):
         description="Token the operator console requires on every request (bearer header or "
         "login form); required to bind an address other than loopback.",
     )
+    console_session_lifetime: int = Field(
+        default=28800,
+        gt=0,
+        le=30 * 86400,
+        description="Seconds a console login lasts before the token is asked for again.",
+    )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
     if not TYPE_CHECKING:  # mypy keeps checking the fields' types at each Settings(...)

@@ -27,6 +27,7 @@ _ACCOUNTING_ORDER = [
     "in_flight",
     "scheduled",
     "deferred",
+    "deferred_on_dead",
     "parked",
     "purged",
     "erased",
