@@ -1,5 +1,5 @@
 """``ingest dlq`` as a new user meets it: ids that ``list`` prints are ids ``show`` takes, totals
-that follow the filters, plain words when nothing matches, help and ``--json`` everywhere.
+that follow the filters, plain words when nothing matches, ``--json`` on every subcommand.
 
 Each case runs ``python -m ingest dlq ...`` in a fresh interpreter against the session's real
 Redis, configured by environment only. Dead letters are written as the worker writes them.
