@@ -103,8 +103,8 @@ def duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.0f} s"
     if seconds < 3600:
-        return f"{seconds / 60:.0f} min" if seconds >= 600 else f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+        return f"{seconds / 60:.0f} min" if seconds >= 600 else f"{seconds / 60:.2g} min"
+    return f"{seconds / 3600:.3g} h"
 
 
 def _nice_ceiling(value: float) -> float:
@@ -113,6 +113,16 @@ def _nice_ceiling(value: float) -> float:
         return 1.0
     scale = 10.0 ** math.floor(math.log10(value))
     return next(step * scale for step in (1, 2, 2.5, 5, 10) if value <= step * scale * 1.000001)
+
+
+# Axis tops for durations: whole seconds, minutes and hours, so that half of each is one too.
+_DURATION_TOPS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
+
+
+def duration_ceiling(seconds: float) -> float:
+    """The smallest of :data:`_DURATION_TOPS` at or above ``seconds`` (past 4 h: by hours)."""
+    tops = (top for top in _DURATION_TOPS if seconds <= top)
+    return float(next(tops, 3600 * math.ceil(seconds / 3600)))
 
 
 def _clock(minute: int) -> str:
@@ -132,6 +142,7 @@ class Chart:
     values: Sequence[float | None]
     first_minute: int
     unit: Callable[[float], str]
+    ceiling: Callable[[float], float] = _nice_ceiling  # the axis's top for the largest value
 
     def __post_init__(self) -> None:
         if not _SLUG.match(self.slug):
@@ -180,7 +191,7 @@ def render_svg(chart: Chart) -> Markup:
     plot_w, plot_h = _WIDTH - _LEFT - _RIGHT, _HEIGHT - _TOP - _BOTTOM
     bottom = _TOP + plot_h
     known = chart.known
-    top_value = _nice_ceiling(max(known, default=0.0))
+    top_value = chart.ceiling(max(known, default=0.0))
 
     def x(i: int) -> float:
         return _LEFT + (plot_w * i / (n - 1) if n > 1 else plot_w / 2)
@@ -281,5 +292,6 @@ def overview_charts(connection: redis.Redis, keys: QueueKeys, *, now: float) -> 
             h.oldest_age,
             h.first_minute,
             duration,
+            duration_ceiling,
         ),
     ]

@@ -15,7 +15,15 @@ import pytest
 import redis
 
 from ingest import keys
-from ingest.console.charts import Chart, count, per_second, read_history, render_svg
+from ingest.console.charts import (
+    Chart,
+    count,
+    duration,
+    duration_ceiling,
+    per_second,
+    read_history,
+    render_svg,
+)
 
 from .conftest import QUEUE
 
@@ -122,6 +130,16 @@ def test_rates_are_labelled_per_second() -> None:
     svg = render_svg(chart([0.5, 2.25], slug="delivered", unit=per_second))
     labels = [t.text for t in parsed(svg).iter(f"{SVG}text") if "/s" in (t.text or "")]
     assert labels == ["0/s", "1.25/s", "2.5/s"]
+
+
+def test_an_age_axis_is_marked_in_whole_seconds_minutes_or_hours() -> None:
+    for peak, marks in [
+        (155.3, ["0 s", "2.5 min", "5 min"]),
+        (4000.0, ["0 s", "1 h", "2 h"]),
+    ]:
+        age = chart([1.0, peak], slug="oldest-age", unit=duration, ceiling=duration_ceiling)
+        texts = [t.text for t in parsed(render_svg(age)).iter(f"{SVG}text")]
+        assert texts[:3] == marks
 
 
 # -- reading the history ---------------------------------------------------------------------------
