@@ -22,6 +22,9 @@ key                                type    meaning
                                            entries, ``{id}:{execution}``, are scored by RQ.)
 ``rq:scheduled:{q}``               zset    RQ's ScheduledJobRegistry: job id scored by the time
                                            its retry is due
+``rq:failed:{q}``                  zset    RQ's FailedJobRegistry: only RQ's own tools put our
+                                           events here (RQ's cleanup of a plain ``rq worker``
+                                           that died); ``rq requeue`` puts them back
 ``rq:deferred:{q}``                zset    RQ's DeferredJobRegistry: refunds waiting for their
                                            payment to be delivered or dead-lettered
 ``rq:job:{id}:dependents``         set     RQ's dependents set: the refund waiting on ``id``
@@ -41,7 +44,7 @@ key                                type    meaning
 The accounting identity every process can check from these keys alone::
 
     enqueued = delivered + dead + erased + purged
-               + queued + in_flight + scheduled + deferred + parked
+               + queued + in_flight + scheduled + deferred + parked + rq_failed
 
 (``dead`` is the current size of the dead-letter store; a replay moves an event from
 ``dead`` back to ``queued``.)
@@ -95,6 +98,10 @@ class QueueKeys:
     @property
     def scheduled(self) -> str:
         return f"rq:scheduled:{self.name}"
+
+    @property
+    def rq_failed(self) -> str:
+        return f"rq:failed:{self.name}"
 
     @property
     def deferred(self) -> str:
