@@ -74,18 +74,25 @@ def settle_in_rq(job: Job, settings: Settings, outcome: Outcome) -> str | RQRetr
                 # Not ours to settle: our worker took the event over (a reclaim).
                 _log.warning("event no longer held by this rq worker", job_id=job.id)
                 return "skipped"
-            asyncio.run(_ack(settings, queue_keys, decision, now=now, execution=execution))
+            stale = asyncio.run(_ack(settings, queue_keys, decision, now=now, execution=execution))
             # ACK deleted the hash; RQ reads the job's status once more before deleting what
             # is left of it. HSETNX: a hash recreated meanwhile (a replay) keeps its own.
             conn.hsetnx(keys.job_key(job.id), "status", "finished")
+            if stale:
+                return "skipped"
             return "delivered" if isinstance(decision, Delivered) else "dead-lettered"
         case Retry(due=due, attempts=made, history=tried):
             conn.hset(
                 keys.job_key(job.id), mapping={"attempts": made, "history": json.dumps(tried)}
             )
             return _rq_retry(job, max(1.0, due - now))
-        case Park():
+        case Park(website=site):
             # Our worker parks it and pauses the website when it next claims it.
+            _log.error(
+                "the Payments API refuses our credentials; RQ retries the event later",
+                website=site,
+                status=outcome.status,
+            )
             return _rq_retry(job, max(1.0, settings.auth_probe_interval))
         case _:
             raise AssertionError(f"unexpected decision {decision!r}")
@@ -119,10 +126,10 @@ async def _ack(
     *,
     now: float,
     execution: str,
-) -> None:
+) -> int:
     aconn = redis.asyncio.Redis.from_url(settings.redis_url)
     try:
-        await ack(
+        return await ack(
             aconn,
             queue_keys,
             [decision],
