@@ -13,6 +13,9 @@ RQ's own tools are places too: ``in_flight`` includes ``rq_in_flight``, the even
 (``rq requeue`` puts them back). What RQ's tools delete outright (``rq empty``, which we do
 not support) leaves no trace: it shows as ``lost``, which ``ingest stats`` labels as removed
 outside ingest or lost.
+
+``deferred`` includes :attr:`Accounting.deferred_on_dead`, the refunds that wait for a
+dead-lettered payment: they move on only by an operator's replay or purge.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import redis
 
 from . import keys
 from .jobs import parse_rq_time
+from .scripts import waiting
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,9 @@ class Accounting:
     paused: dict[str, str] = field(default_factory=dict)
     rq_failed: int = 0  # in RQ's failed registry, put there by RQ's own tools
     rq_in_flight: int = 0  # of in_flight: being sent by a plain `rq worker`
+    # Of ``deferred``: refunds waiting for a payment in the dead letters, which only an
+    # operator's replay (then delivery) or purge moves on. Part of ``deferred``, not beside it.
+    deferred_on_dead: int = 0
 
     @property
     def in_system(self) -> int:
@@ -114,6 +121,7 @@ def read_accounting(connection: redis.Redis, queue: str, *, now: float | None = 
         enqueued_at = connection.hget(keys.job_key(keys.text(head)), "enqueued_at")
         if enqueued_at:
             oldest = max(0.0, now - parse_rq_time(enqueued_at))
+    waits = waiting(connection, k) if int(deferred) else None
     return Accounting(
         enqueued=counters.get("enqueued", 0),
         duplicates=counters.get("duplicates", 0),
@@ -136,4 +144,5 @@ def read_accounting(connection: redis.Redis, queue: str, *, now: float | None = 
         paused={keys.text(s): keys.text(r) for s, r in paused.items()},
         rq_failed=int(rq_failed),
         rq_in_flight=int(rq_in_flight),
+        deferred_on_dead=waits.on_dead if waits else 0,
     )

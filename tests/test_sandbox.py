@@ -723,3 +723,106 @@ def test_main_exits_1_when_the_port_is_taken(capsys: pytest.CaptureFixture[str])
         port = taken.getsockname()[1]
         assert main(["--port", str(port), "--quiet"]) == 1
     assert "cannot listen" in capsys.readouterr().err
+
+
+# --- the rate limit ---------------------------------------------------------------------
+
+
+def post_many(client: httpx.Client, count: int, **headers: str) -> list[httpx.Response]:
+    return [
+        client.post(PAYMENTS, json=payment(transaction_id=f"rl_{i}"), headers=headers)
+        for i in range(count)
+    ]
+
+
+def test_rate_limit_answers_429_with_retry_after_once_the_burst_is_spent(
+    client: httpx.Client, sandbox: SandboxServer
+) -> None:
+    sandbox.set_faults(rate_limit=1, rate_limit_burst=3)
+    statuses = [r.status_code for r in post_many(client, 5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    response = client.post(PAYMENTS, json=payment(transaction_id="late"))
+    assert response.headers["Retry-After"] == "1"
+    assert len(sandbox.records()) == 3
+
+
+def test_rate_limit_refills_at_its_rate(client: httpx.Client, sandbox: SandboxServer) -> None:
+    sandbox.set_faults(rate_limit=20, rate_limit_burst=1)
+    assert [r.status_code for r in post_many(client, 2)] == [200, 429]
+    time.sleep(0.06)
+    assert client.post(PAYMENTS, json=payment(transaction_id="refilled")).status_code == 200
+
+
+def test_rate_limit_is_per_credential(client: httpx.Client, sandbox: SandboxServer) -> None:
+    sandbox.set_keys(
+        website_keys={DEFAULT_WEBSITE_KEY: DEFAULT_WEBSITE_ID, "df_other": OTHER_WEBSITE_ID}
+    )
+    sandbox.set_faults(rate_limit=1, rate_limit_burst=1)
+    assert [r.status_code for r in post_many(client, 2)] == [200, 429]
+    other = post_many(client, 1, Authorization="Bearer df_other")
+    assert other[0].status_code == 200
+
+
+def test_rate_limit_without_headers_option_sends_no_ratelimit_fields(
+    client: httpx.Client, sandbox: SandboxServer
+) -> None:
+    sandbox.set_faults(rate_limit=5)
+    names = {name.lower() for name in client.post(PAYMENTS, json=payment()).headers}
+    assert not any("ratelimit" in name for name in names)
+
+
+def test_rate_limit_ietf_headers_show_policy_remaining_and_reset(
+    client: httpx.Client, sandbox: SandboxServer
+) -> None:
+    sandbox.set_faults(rate_limit=5, rate_limit_burst=2, rate_limit_headers="ietf")
+    first, second, third = post_many(client, 3)
+    assert first.headers["RateLimit-Policy"] == "5;w=1;burst=2"
+    assert first.headers["RateLimit-Limit"] == "5"
+    assert (first.headers["RateLimit-Remaining"], second.headers["RateLimit-Remaining"]) == (
+        "1",
+        "0",
+    )
+    assert third.status_code == 429
+    assert third.headers["RateLimit-Reset"] == "1"
+    assert "X-RateLimit-Remaining" not in third.headers
+
+
+def test_rate_limit_x_headers_use_the_x_prefix(
+    client: httpx.Client, sandbox: SandboxServer
+) -> None:
+    sandbox.set_faults(rate_limit=5, rate_limit_burst=2, rate_limit_headers="x")
+    response = client.post(PAYMENTS, json=payment())
+    assert (response.headers["X-RateLimit-Limit"], response.headers["X-RateLimit-Remaining"]) == (
+        "5",
+        "1",
+    )
+    assert "X-RateLimit-Reset" in response.headers
+    assert "RateLimit-Remaining" not in response.headers
+
+
+def test_rate_limit_headers_both_sends_both_sets(
+    client: httpx.Client, sandbox: SandboxServer
+) -> None:
+    sandbox.set_faults(rate_limit=5, rate_limit_headers="both")
+    headers = client.post(PAYMENTS, json=payment()).headers
+    assert "RateLimit-Remaining" in headers
+    assert "X-RateLimit-Remaining" in headers
+
+
+def test_rate_limit_rejects_an_unknown_headers_style(sandbox: SandboxServer) -> None:
+    with pytest.raises(ValueError, match="rate_limit_headers"):
+        sandbox.set_faults(rate_limit=5, rate_limit_headers="draft-7")
+
+
+def test_main_reads_the_rate_limit_flags() -> None:
+    from ingest.sandbox.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(
+        ["--rate-limit", "500", "--rate-limit-burst", "50", "--rate-limit-headers", "both"]
+    )
+    faults = config_from_args(args).faults
+    assert (faults.rate_limit, faults.rate_limit_burst, faults.rate_limit_headers) == (
+        500,
+        50,
+        "both",
+    )

@@ -28,6 +28,7 @@ _ACCOUNTING_ORDER = [
     "rq_in_flight",
     "scheduled",
     "deferred",
+    "deferred_on_dead",
     "parked",
     "purged",
     "erased",
@@ -82,18 +83,24 @@ def accounting_table(data: dict[str, Any], *, title: str) -> Table:
 
 
 def letters_table(letters: list[DeadLetter], title: str) -> Table:
-    table = Table(title=title)
-    for column in ("id", "transaction", "website", "reason", "status", "attempts", "died", "error"):
-        table.add_column(column, overflow="fold")
+    """One row per dead letter, narrow enough for 80 columns: the website and attempts are
+    in ``dlq show`` and ``--json``."""
+    from rich import box
+
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    # Whole ids, never wrapped or cut: they are what `ingest dlq show` and --id take.
+    table.add_column("id", no_wrap=True, min_width=32)
+    table.add_column("transaction", overflow="fold")
+    table.add_column("reason", overflow="fold")
+    table.add_column("died (UTC)", min_width=10)
+    table.add_column("error", overflow="fold")
     for d in letters:
+        status = d.status if d.status is not None else "no answer"
         table.add_row(
-            d.job_id[:12],
+            d.job_id,
             d.transaction_id,
-            d.website,
-            d.reason,
-            str(d.status if d.status is not None else "-"),
-            str(d.attempts),
-            d.dead_at,
+            f"{d.reason} {status}",
+            d.dead_at[:19].replace("T", " "),
             d.error[:80],
         )
     return table

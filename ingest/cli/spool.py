@@ -58,5 +58,10 @@ def spool_flush(as_json: bool) -> None:
             f"{result.queued:,} queued, {result.duplicates:,} already there, "
             f"{result.quarantined:,} corrupt lines quarantined"
         )
+        if result.held_back:
+            click.echo(
+                f"{result.held_back:,} refund(s) kept on disk: another producer still writes "
+                "a spool file here that may hold their payment; flush again once it is done"
+            )
     if result.quarantined:
         raise SystemExit(EXIT_FAILURE)

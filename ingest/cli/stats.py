@@ -11,7 +11,7 @@ from rich.console import Console
 
 from ingest.connection import connect
 
-from ._common import load_settings
+from ._common import load_settings, open_redis
 from .render import accounting_table
 
 
@@ -23,7 +23,7 @@ def stats(as_json: bool, watch: bool, interval: float) -> None:
     from ingest.stats import read_accounting
 
     settings = load_settings()
-    connection = connect(settings.redis_url, socket_timeout=5)
+    connection = open_redis(settings, socket_timeout=5)
     console = Console()
     try:
         while True:

@@ -8,9 +8,10 @@ API (as ``shared/spec/payments-api.md`` describes it)::
 Auth: ``Bearer df_...`` acts for its own website (a foreign ``websiteId`` is 403);
 ``Bearer dft_...`` needs the ``payments:write`` scope and ``?websiteId=`` of a website it
 reaches, else 403 (a missing ``websiteId`` is 403 too, not 400: see ``keys.py``).
-Unknown or revoked keys are 401. A POST goes: latency, ``fail_all_status``, auth, random
-fault draw (429/500/503 answer here, before anything is recorded), JSON parse,
-``fail_ids``, validation, record, then the slow or dropped answer if one was drawn.
+Unknown or revoked keys are 401. A POST goes: latency, ``fail_all_status``, auth, the
+credential's rate limit (429 at once when its token bucket is empty), random fault draw
+(429/500/503 answer here, before anything is recorded), JSON parse, ``fail_ids``,
+validation, record, then the slow or dropped answer if one was drawn.
 
 Admin (no auth, not counted in the stats)::
 
@@ -45,6 +46,7 @@ from aiohttp import web
 
 from .faults import retry_after_header
 from .keys import AuthFailure
+from .ratelimit import headers as rate_limit_headers
 from .state import SandboxState
 from .validation import Payment, describe_errors, parse_iso8601, validate_payment
 
@@ -144,13 +146,43 @@ class _PaymentsApi:
 
     async def post(self, request: web.Request) -> web.Response:
         generation = self._store.generation
-        return self._counted(generation, await self._post(request, generation))
+        # The rate-limit fields _post finds, added here to whatever its answer turns out to be.
+        fields: dict[str, str] = {}
+        response = await self._post(request, generation, fields)
+        if fields and response is not None:
+            response.headers.update(fields)
+        return self._counted(generation, response)
+
+    def _rate_limited(
+        self, request: web.Request, website: str, fields: dict[str, str]
+    ) -> web.Response | None:
+        """The 429 when the credential's bucket is empty; else None, its token taken.
+        Puts the answer's rate-limit fields (if the faults ask for them) in ``fields``."""
+        buckets = self._state.buckets
+        if buckets is None:
+            return None
+        faults = self._state.faults
+        credential = (request.headers.get("Authorization", ""), website)
+        decision = buckets.take(credential, time.monotonic())
+        if faults.rate_limit_headers != "none":
+            fields.update(
+                rate_limit_headers(faults.rate_limit_headers, buckets.rate, buckets.size, decision)
+            )
+        if decision.allowed:
+            return None
+        return _error(
+            429,
+            "rate limit exceeded: slow down",
+            {"Retry-After": str(decision.retry_after)},
+        )
 
     async def delete(self, request: web.Request) -> web.Response:
         generation = self._store.generation
         return self._counted(generation, await self._delete(request, generation))
 
-    async def _post(self, request: web.Request, generation: int) -> web.Response | None:
+    async def _post(
+        self, request: web.Request, generation: int, fields: dict[str, str]
+    ) -> web.Response | None:
         """The answer to a POST, or None when the connection was dropped instead."""
         state = self._state
         faults = state.faults
@@ -167,6 +199,9 @@ class _PaymentsApi:
         )
         if isinstance(website, AuthFailure):
             return _error(website.status, website.message)
+        limited = self._rate_limited(request, website, fields)
+        if limited is not None:
+            return limited
 
         mode = _NORMAL
         if faults.has_random_faults:

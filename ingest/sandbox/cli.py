@@ -24,6 +24,7 @@ from .config import (
     DEFAULT_WEBSITE_KEY,
     SandboxConfig,
 )
+from .faults import RATE_LIMIT_HEADERS
 from .server import LISTENING_PREFIX, Listener, format_url
 from .state import SandboxState
 
@@ -44,6 +45,9 @@ _FAULT_FLAGS = (
     "record_before_drop",
     "fail_all_status",
     "seed",
+    "rate_limit",
+    "rate_limit_burst",
+    "rate_limit_headers",
 )
 
 
@@ -60,6 +64,13 @@ def _rate(value: str) -> float:
     if not 0 <= rate <= 1:
         raise argparse.ArgumentTypeError("must be between 0 and 1")
     return rate
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return number
 
 
 def _milliseconds(value: str) -> float:
@@ -118,6 +129,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     faults.add_argument("--fail-all-status", type=int, help="answer every POST with this status")
     faults.add_argument("--seed", type=int, help="seed for reproducible random faults")
+    limit = parser.add_argument_group("rate limit (none by default)")
+    limit.add_argument(
+        "--rate-limit",
+        type=_positive,
+        metavar="N",
+        help="requests/s each credential may make: a token bucket answering 429 at once, "
+        "with Retry-After, when exceeded",
+    )
+    limit.add_argument(
+        "--rate-limit-burst",
+        type=_positive,
+        metavar="B",
+        help="the bucket's size (default: N, one second's worth)",
+    )
+    limit.add_argument(
+        "--rate-limit-headers",
+        choices=RATE_LIMIT_HEADERS,
+        help="rate-limit fields on every answer: none (default), ietf (RateLimit-*), "
+        "x (X-RateLimit-*) or both",
+    )
     parser.add_argument(
         "--config-json",
         help="a whole SandboxConfig as JSON (used by SandboxProcess); flags override it",

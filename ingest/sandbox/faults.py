@@ -21,6 +21,9 @@ RETRY_AFTER_HTTP_DATE = "http-date"
 _RATE_FIELDS = ("rate_429", "rate_500", "rate_503", "rate_timeout", "rate_drop")
 _MS_FIELDS = ("latency_ms", "latency_jitter_ms", "slow_ms")
 _BOOL_FIELDS = ("record_before_slow", "record_before_drop")
+RATE_LIMIT_HEADERS = ("none", "ietf", "x", "both")
+"""``rate_limit_headers``: no fields, the IETF draft's ``RateLimit-*``, ``X-RateLimit-*``, or
+both sets."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,16 @@ class Faults:
     """Force this status for every POST (before auth), e.g. 401; None to clear."""
     seed: int | None = None
     """Seeds the random draws (faults and jitter) so a run can be reproduced."""
+    rate_limit: float | None = None
+    """Requests per second each credential (a df_ key, or a dft_ token and its websiteId)
+    may make: a token bucket that answers 429 at once, with ``Retry-After``, when empty.
+    None: no limit."""
+    rate_limit_burst: float | None = None
+    """The bucket's size (requests at once from full); None for one second's worth."""
+    rate_limit_headers: str = "none"
+    """Which rate-limit fields every answer of a limited credential carries: "none",
+    "ietf" (``RateLimit-Policy/-Limit/-Remaining/-Reset``), "x" (``X-RateLimit-*``) or
+    "both". Reset is in seconds until the bucket is full again."""
 
     _random_total: float = field(init=False, repr=False, compare=False, default=0.0)
 
@@ -109,6 +122,7 @@ class Faults:
         _check_retry_after(self.retry_after)
         if self.fail_all_status is not None:
             _check_error_status("fail_all_status", self.fail_all_status)
+        _check_rate_limit(self.rate_limit, self.rate_limit_burst, self.rate_limit_headers)
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int)
         ):
@@ -127,6 +141,13 @@ class Faults:
     @property
     def has_random_faults(self) -> bool:
         return self._random_total > 0
+
+    @property
+    def bucket_size(self) -> float:
+        """The rate limit's bucket size (only meaningful with a ``rate_limit``)."""
+        if self.rate_limit_burst is not None:
+            return self.rate_limit_burst
+        return max(1.0, self.rate_limit or 1.0)
 
     @property
     def has_latency(self) -> bool:
@@ -186,6 +207,19 @@ def _check_retry_after(value: object) -> None:
         _http_date_seconds(value)
         return
     raise ValueError('retry_after must be seconds, "http-date", "http-date:N" or null')
+
+
+def _check_rate_limit(rate: object, burst: object, headers: object) -> None:
+    for name, value in (("rate_limit", rate), ("rate_limit_burst", burst)):
+        if value is None:
+            continue
+        _check_non_negative(name, value)
+        if value == 0:
+            raise ValueError(f"{name} must be > 0 (null for no limit)")
+    if burst is not None and isinstance(burst, int | float) and burst < 1:
+        raise ValueError("rate_limit_burst must be >= 1")
+    if headers not in RATE_LIMIT_HEADERS:
+        raise ValueError(f"rate_limit_headers must be one of {', '.join(RATE_LIMIT_HEADERS)}")
 
 
 def _check_non_negative(name: str, value: object) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from .config import SandboxConfig, TokenGrant
 from .faults import Faults
 from .keys import KeyRing
+from .ratelimit import TokenBuckets
 from .store import PaymentStore
 
 
@@ -24,6 +25,7 @@ class SandboxState:
         self.keys = KeyRing(self.config.website_keys, self.config.account_tokens)
         self.rng = random.Random(self.config.faults.seed)
         self._faults = self.config.faults
+        self.buckets = _buckets(self._faults)
         self._lock = threading.Lock()
 
     @property
@@ -37,6 +39,8 @@ class SandboxState:
             if "seed" in changes:
                 self.rng.seed(faults.seed)
             self._faults = faults
+            if {"rate_limit", "rate_limit_burst"} & set(changes):
+                self.buckets = _buckets(faults)
             return faults
 
     def set_keys(
@@ -67,4 +71,12 @@ class SandboxState:
             self.store.clear()
             self.keys = KeyRing(self.config.website_keys, self.config.account_tokens)
             self._faults = self.config.faults
+            self.buckets = _buckets(self._faults)
             self.rng.seed(self.config.faults.seed)
+
+
+def _buckets(faults: Faults) -> TokenBuckets | None:
+    """Fresh (full) buckets for the faults' rate limit, None without one."""
+    if faults.rate_limit is None:
+        return None
+    return TokenBuckets(faults.rate_limit, faults.bucket_size)
