@@ -43,6 +43,10 @@ key                                type    meaning
 ``ingest:{q}:parked:{website}``    list    events of a paused website, set aside in order
 ``ingest:{q}:probe``               set     websites an operator asked to probe now
 ``ingest:{q}:rate``                hash    unix second -> deliveries, for "rate over 1 min"
+``ingest:rq-settled:{id}``         hash    a scratch copy of a job's status for RQ's own
+                                           end-of-job bookkeeping, after a plain ``rq worker``
+                                           settled the event in our keys (see ingest.rqjob);
+                                           RQ deletes it, and it expires in an hour anyway
 ``ingest:{q}:session:{h}``         string  one console login: ``h`` is the SHA-256 of the
                                            session id in the browser's cookie; expires after
                                            ``INGEST_CONSOLE_SESSION_LIFETIME``, deleted at logout
@@ -79,7 +83,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 RQ_QUEUES = "rq:queues"
-RQ_WORKERS = "rq:workers"  # members are the workers' own keys, rq:worker:{name}
+RQ_WORKERS = "rq:workers"
+# Where RQ's end-of-job bookkeeping goes once ingest.rqjob settled an event in our keys.
+RQ_SETTLED_PREFIX = "ingest:rq-settled:"  # members are the workers' own keys, rq:worker:{name}
 JOB_PREFIX = "rq:job:"
 
 

@@ -264,3 +264,17 @@ def test_stats_say_events_removed_by_rq_empty_were_removed_outside_ingest(
 
     [line] = [line for line in output.splitlines() if "removed outside ingest" in line]
     assert line.split("│")[-2].strip() == "3", output
+
+
+def test_plain_rq_worker_keeps_a_refund_deferred_when_its_payment_is_dead_lettered(
+    redis_url: str, redis_client: redis.Redis, sandbox: SandboxServer
+) -> None:
+    _enqueue(redis_url, 1, prefix="refused-order")
+    _enqueue(redis_url, 1, prefix="refused-order", refunded=True)
+    sandbox.set_faults(fail_ids={"refused-order-0": 422})
+
+    rq_worker_burst(redis_url, sandbox)
+
+    assert sandbox.records(transaction_id="refused-order-0") == []
+    accounting = read_accounting(redis_client, "payments")
+    assert (accounting.dead, accounting.deferred_on_dead, accounting.lost) == (1, 1, 0)
