@@ -14,6 +14,8 @@ The class says what the caller should do; the attributes say what caused it::
      +-- NotFoundError             no such dead letter or job
      +-- AmbiguousIdError          the start of an id that several ids share
      +-- ImportFileError           a file to import that cannot be read as payments at all
+     +-- MalformedRequestError     (also a ValueError) a console request whose header
+     |                             cannot be read: answered 400
      +-- RedisStartError           the embedded redis-server did not come up
           +-- _PortInUseError      (private, ingest.embedded) retried on another port
 """
@@ -129,3 +131,13 @@ class ImportFileError(IngestError):
 
 class RedisStartError(IngestError):
     """redis-server did not come up; the message carries the tail of its log."""
+
+
+class MalformedRequestError(IngestError, ValueError):
+    """A request to the console carries a header that cannot be read as what it claims to
+    be (``Host: [evil``, ``Referer: http://[x``); the console answers 400. ``header``
+    names it; its value is never quoted back."""
+
+    def __init__(self, header: str) -> None:
+        self.header = header
+        super().__init__(f"malformed {header} header")

@@ -42,7 +42,12 @@ def _env_help() -> str:
 
 @click.group(
     help="Deliver payments to DataFast's Payments API through a Redis queue.\n\n" + _env_help(),
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    # Every subcommand's --help shows its defaults (click passes these settings down).
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "max_content_width": 110,
+        "show_default": True,
+    },
 )
 @click.version_option(package_name="datafast-ingest")
 def cli() -> None:

@@ -133,7 +133,7 @@ def dlq_list(limit: int, offset: int, as_json: bool, **filters: Any) -> None:
         else f"{total:,} of {in_store:,} dead letters match"
     )
     console = Console()
-    console.print(letters_table(letters, title))
+    console.print(letters_table(letters, title, width=console.width))
     if len(letters) < total:
         console.print(f"showing {len(letters):,} of {total:,} (--limit, --offset for more)")
     if counts:
@@ -188,9 +188,12 @@ def dlq_replay(all_: bool, dry_run: bool, rate: float, as_json: bool, **filters:
                 )
             )
         else:
-            Console().print(
+            console = Console()
+            console.print(
                 letters_table(
-                    letters[:100], f"would replay {len(letters):,} (dry run: nothing changed)"
+                    letters[:100],
+                    f"would replay {len(letters):,} (dry run: nothing changed)",
+                    width=console.width,
                 )
             )
         return

@@ -21,7 +21,7 @@ from .render import import_progress, print_import
     help="Delete payments at DataFast (DELETE /api/v1/payments) and erase matching "
     "events still in our queue, retry schedule and dead-letter store."
 )
-@click.option("--transaction-id", default=None)
+@click.option("--transaction-id", default=None, help="The payment's transaction_id.")
 @click.option("--visitor-id", default=None, help="datafast_visitor_id")
 @click.option("--start", default=None, help="startAt, ISO 8601 with a timezone.")
 @click.option("--end", default=None, help="endAt, ISO 8601 with a timezone.")
@@ -29,7 +29,7 @@ from .render import import_progress, print_import
 @click.option("--all-time", is_flag=True, help="Allow a visitor delete without a date range.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--dry-run", is_flag=True, help="Print the request; send and erase nothing.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def delete(
     transaction_id: str | None,
     visitor_id: str | None,

@@ -56,9 +56,9 @@ def sandbox(ctx: click.Context) -> None:
 @click.option(
     "--timeout",
     type=float,
-    default=120.0,
+    default=300.0,
     show_default=True,
-    help="Give up waiting after this many seconds.",
+    help="Give up waiting for deliveries after this many seconds.",
 )
 @click.option(
     "--chaos",

@@ -34,9 +34,11 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
+import redis
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ingest.errors import MalformedRequestError
 from ingest.logs import get_logger
 from ingest.personal import EMAIL_FIELDS, NAME_FIELDS
 from ingest.personal import mask_email as mask_email  # re-exported: the console's masking
@@ -150,13 +152,26 @@ def style_hash(css: str) -> str:
 # -- request checks -----------------------------------------------------------------------
 
 
+# A Host header: a name or an IPv4 address, or an [IPv6] literal, and an optional port.
+_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_\-.]+)(?::(?P<port>[0-9]{1,5}))?")
+
+
 def host_is_loopback(host_header: str) -> bool:
+    """True when ``host_header`` names loopback; :class:`~ingest.errors.MalformedRequestError`
+    when it is not a host at all (``[evil``, a port past 65535)."""
+    if not host_header:
+        return False
+    matched = _HOST.fullmatch(host_header)
+    port = matched.group("port") if matched else None
+    if matched is None or (port is not None and int(port) > 65535):
+        raise MalformedRequestError("Host")
     hostname = urlsplit(f"//{host_header}").hostname
     return hostname is not None and is_loopback(hostname)
 
 
 def same_origin(headers: Mapping[str, str], scheme: str) -> str | None:
-    """``None`` when the request comes from this origin, else why it does not."""
+    """``None`` when the request comes from this origin, else why it does not;
+    :class:`~ingest.errors.MalformedRequestError` for a Referer that is not a URL."""
     host = headers.get("host")
     if not host:
         return "no Host header"
@@ -169,7 +184,10 @@ def same_origin(headers: Mapping[str, str], scheme: str) -> str | None:
         return None if origin.lower() == expected else "Origin is another site"
     referer = headers.get("referer")
     if referer:
-        parts = urlsplit(referer)
+        try:
+            parts = urlsplit(referer)
+        except ValueError as exc:  # "http://[x": an unterminated IPv6 literal
+            raise MalformedRequestError("Referer") from exc
         return (
             None
             if f"{parts.scheme}://{parts.netloc}".lower() == expected
@@ -207,6 +225,32 @@ class ConsoleGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self._guard(scope, receive, tracked)
+        except Exception as exc:
+            # Whatever failed, the answer still carries the security headers (Starlette's
+            # own 500 page, outside this middleware, would not) and says nothing of why.
+            if started:
+                raise
+            path: str = scope["path"]
+            secured = _decorated(send, None, False)
+            if isinstance(exc, MalformedRequestError):
+                await self._refuse(secured, path, 400, str(exc))
+            elif isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+                self._log.error("console cannot reach Redis", error=exc)
+                await _respond(secured, path, 503, "Redis cannot be reached; try again later.")
+            else:
+                self._log.error("console request failed", path=path, error=exc)
+                await _respond(secured, path, 500, "internal error (the console's log says why)")
+
+    async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _headers(scope)
         cookies = parse_cookies(headers.get("cookie", ""))
         path: str = scope["path"]

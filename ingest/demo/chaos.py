@@ -24,6 +24,8 @@ from .stack import DemoStack, DemoWorker, EventCount
 
 RATE_500 = 0.05
 RATE_503 = 0.05
+# Width of the "when" column of the account: "throughout", "t+12.3 s".
+WHEN = 11
 # The workers' lease in this mode: a SIGKILLed worker's events come back within seconds.
 LEASE_SECONDS = 3
 
@@ -33,8 +35,9 @@ def answered(stats: StatsView, status: int) -> int:
 
 
 class Fault(abc.ABC):
-    """One fault of the run. ``step`` is called on every poll; it acts when due and returns
-    a line to show then, or None."""
+    """One fault of the run. ``step`` is called on every poll until ``done``, and only once
+    the faults before it are done, so they happen one after another; it acts when due and
+    returns a line to show then, or None."""
 
     done: bool = False
 
@@ -65,9 +68,8 @@ class ErrorAnswers(Fault):
 
     def account(self, count: EventCount, stats: StatsView) -> str:
         return (
-            f"{'throughout':<12} the API answered 500 to {self.rate_500:.0%} and 503 to "
-            f"{self.rate_503:.0%} of POSTs: 500s {answered(stats, 500):,}, "
-            f"503s {answered(stats, 503):,}"
+            f"{'throughout':<{WHEN}} {self.rate_500:.0%} of POSTs answered 500, "
+            f"{self.rate_503:.0%} 503: 500s {answered(stats, 500):,}, 503s {answered(stats, 503):,}"
         )
 
 
@@ -100,10 +102,11 @@ class ThrottleWindow(Fault):
         return None
 
     def account(self, count: EventCount, stats: StatsView) -> str:
-        when = f"t+{self.opened_at or 0:.1f}-{self.closed_at or 0:.1f} s"
+        when = f"t+{self.opened_at or 0:.1f} s"
+        seconds = (self.closed_at or 0) - (self.opened_at or 0)
         return (
-            f"{when:<12} 429 window, {self.rate:.0%} of POSTs, Retry-After: {self.retry_after}: "
-            f"429s {answered(stats, 429):,}"
+            f"{when:<{WHEN}} 429 window of {seconds:.1f} s, {self.rate:.0%} of POSTs, "
+            f"Retry-After: {self.retry_after}: 429s {answered(stats, 429):,}"
         )
 
 
@@ -130,15 +133,15 @@ class KillWorker(Fault):
             return None
         self.exit_code = victim.kill()
         self.victim, self.held, self.killed_at, self.done = victim, tuple(held), now, True
-        return f"t+{now:.1f} s  SIGKILL worker {victim.name}: {len(held):,} events in flight"
+        return f"t+{now:.1f} s  SIGKILL {victim.name} ({len(held):,} events in flight)"
 
     def account(self, count: EventCount, stats: StatsView) -> str:
         name = self.victim.name if self.victim is not None else "?"
         delivered = sum(count.places.get(job_id) == "delivered" for job_id in self.held)
         when = f"t+{self.killed_at or 0:.1f} s"
         return (
-            f"{when:<12} SIGKILL worker {name}: {len(self.held):,} events in flight, "
-            f"{delivered:,} delivered after its {self.lease_seconds} s lease"
+            f"{when:<{WHEN}} SIGKILL {name} ({len(self.held):,} in flight): {delivered:,} "
+            f"delivered after its {self.lease_seconds} s lease"
         )
 
 
@@ -175,8 +178,8 @@ class RestartRedis(Fault):
         when = f"t+{self.killed_at or 0:.1f} s"
         down = (self.restarted_at or 0) - (self.killed_at or 0)
         return (
-            f"{when:<12} redis-server killed (SIGKILL), restarted {down:.1f} s later from "
-            f"its append-only file"
+            f"{when:<{WHEN}} redis-server killed, restarted {down:.1f} s later from its "
+            "append-only file"
         )
 
 

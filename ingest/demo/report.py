@@ -63,7 +63,7 @@ def agreement(count: EventCount, accounting: Accounting | None) -> str:
         and accounting.in_system == count.still_queued
     )
     if agrees:
-        return "counted by transaction_id (the API's records, Redis); Redis's own counters agree"
+        return "counted by transaction_id; Redis's own counters agree"
     return (
         f"counted by transaction_id; Redis's own counters say enqueued "
         f"{accounting.enqueued:,}, dead {accounting.dead:,}, in the system "
@@ -71,7 +71,7 @@ def agreement(count: EventCount, accounting: Accounting | None) -> str:
     )
 
 
-def rate_line(count: EventCount, workers: int) -> str:
+def rate_line(count: EventCount) -> str:
     """The delivery rate from the API's first reception of an event to its last.
 
     Not from the start of the enqueue: that would count the workers' start-up, which on a
@@ -81,10 +81,7 @@ def rate_line(count: EventCount, workers: int) -> str:
     if count.delivered < 2 or window <= 0:
         return f"delivered {count.delivered:,}: too few to measure a rate"
     rate = (count.delivered - 1) / window
-    return (
-        f"delivery rate {rate:,.0f} events/s from the first delivery to the last, "
-        f"over {window:.2f} s ({workers} worker processes)"
-    )
+    return f"delivery rate {rate:,.0f} events/s from the first delivery on, over {window:.2f} s"
 
 
 def verdict(count: EventCount, accounting: Accounting | None, *, timed_out: bool) -> str:

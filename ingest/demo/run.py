@@ -40,7 +40,7 @@ class DemoOptions:
     events: int = DEFAULT_EVENTS
     workers: int = 2
     latency_ms: float = 50.0
-    timeout: float = 120.0
+    timeout: float = 300.0
     chaos: bool = False
 
 
@@ -58,17 +58,24 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> bool:
     workdir = Path(tempfile.mkdtemp(prefix="ingest-demo-"))
     ok = False
     try:
-        with redis_server, SandboxProcess(_sandbox_config(options, faults)) as sandbox:
+        with (
+            redis_server,
+            (workdir / "sandbox.log").open("wb") as sandbox_log,
+            # Its log lines (a SIGKILLed worker's connections reset mid-request) go to a
+            # file: the terminal shows the demo's report alone.
+            SandboxProcess(_sandbox_config(options, faults), stderr=sandbox_log) as sandbox,
+        ):
             stack = DemoStack(redis_server, sandbox, workdir, _worker_settings(options))
             try:
                 ok = _run(console, stack, options, faults)
             finally:
                 stack.close()
     finally:
-        if ok:
+        # Kept when something went wrong after the workers started: their logs say what.
+        if ok or not any(workdir.glob("demo-*.log")):
             shutil.rmtree(workdir, ignore_errors=True)
         else:
-            console.print(f"worker logs kept in {workdir}")
+            console.print(f"worker and sandbox logs kept in {workdir}")
     return ok
 
 
@@ -82,7 +89,7 @@ def _run(console: Console, stack: DemoStack, options: DemoOptions, faults: list[
     accounting = _try(stack.accounting) or accounting
     console.print(summary_table(count, accounting, refused_at_enqueue=resent, rejected=rejected))
     print_line(console, agreement(count, accounting))
-    print_line(console, rate_line(count, options.workers))
+    print_line(console, rate_line(count))
     if faults:
         stats = stack.sandbox.stats()
         _print_faults(console, faults, count, stats)
@@ -98,16 +105,15 @@ def _run(console: Console, stack: DemoStack, options: DemoOptions, faults: list[
 def _print_header(console: Console, stack: DemoStack, options: DemoOptions) -> None:
     print_line(
         console,
-        f"[bold]datafast-ingest demo[/]: {options.events:,} sample payments, "
-        f"{options.workers} worker processes, sandbox answering in {options.latency_ms:g} ms",
+        f"[bold]datafast-ingest demo[/]: {options.events:,} payments, {options.workers} "
+        f"worker{'s' if options.workers != 1 else ''}, API answering in {options.latency_ms:g} ms",
     )
     print_line(console, f"  redis   {stack.redis_server.url}  (embedded, removed at the end)")
     print_line(console, f"  sandbox {stack.sandbox.url}  (local stand-in for the Payments API)")
     if options.chaos:
         print_line(
             console,
-            "  [bold]chaos[/]: 5xx answers throughout, a 429 window, a worker SIGKILLed, "
-            "redis-server killed and restarted",
+            "  [bold]chaos[/]: 5xx and 429 answers, a worker and redis-server SIGKILLed",
         )
 
 
@@ -128,15 +134,18 @@ def _enqueue(console: Console, stack: DemoStack, count: int) -> tuple[int, int]:
         f"  enqueued {queued:,} events in {took * 1000:,.0f} ms; re-sent {RESENT}: "
         f"{sum(r.duplicate for r in again)} reported as duplicates",
     )
-    rejected = 0
+    refused: list[ValidationError] = []
     for event in INVALID_EVENTS:
         try:
             validate_payment(**event)
         except ValidationError as exc:
-            rejected += 1
-            # The reason without its hint in parentheses: one short line per event.
-            reasons = "; ".join(f"{f} {r.split(' (')[0]}" for f, r in exc.errors.items())
-            print_line(console, f"  [yellow]rejected at enqueue[/]: {reasons}")
+            refused.append(exc)
+    print_line(console, f"  [yellow]rejected at enqueue[/], never queued ({len(refused)} invalid):")
+    for error in refused:
+        # The reason without its hint in parentheses: one short line per event.
+        reasons = "; ".join(f"{f}: {r.split(' (')[0]}" for f, r in error.errors.items())
+        print_line(console, f"    {reasons}")
+    rejected = len(refused)
     duplicates = sum(r.duplicate for r in receipts) + sum(r.duplicate for r in again)
     return duplicates, rejected
 
@@ -151,7 +160,7 @@ def _deliver(
     first: tuple[float, int] | None = None  # (time, delivered) at the first delivery seen
     with Progress(
         TextColumn("[bold]delivering"),
-        BarColumn(bar_width=30),
+        BarColumn(bar_width=20),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]:>7,.0f}/s  dead {task.fields[dead]}{task.fields[note]}"),
         TimeElapsedColumn(),
@@ -180,14 +189,27 @@ def _deliver(
                 )
             progress.update(task, note=note)
             share = 0.0 if accounting is None else _share_done(accounting)
-            for fault in faults:
-                line = fault.step(stack, share, stack.since_start())
-                if line is not None:
-                    print_line(progress.console, f"  [magenta]chaos[/] {line}")
+            line = _step_faults(stack, faults, share)
+            if line is not None:
+                print_line(progress.console, f"  [magenta]chaos[/] {line}")
             if polled is not None and polled.in_system == 0 and all(f.done for f in faults):
                 return accounting, False
             time.sleep(_POLL_INTERVAL)
     return accounting, True
+
+
+def _step_faults(stack: DemoStack, faults: list[Fault], share: float) -> str | None:
+    """Step the first fault not done yet: one after another, never two at once (a worker
+    is not looked for while redis-server is down)."""
+    pending = next((fault for fault in faults if not fault.done), None)
+    if pending is None:
+        return None
+    try:
+        return pending.step(stack, share, stack.since_start())
+    except (redis.RedisError, OSError) as exc:
+        if redis_unavailable(exc):
+            return None  # it tries again on the next poll
+        raise
 
 
 def _share_done(accounting: Accounting) -> float:
@@ -228,8 +250,13 @@ def _sandbox_config(options: DemoOptions, faults: list[Fault]) -> SandboxConfig:
 def _worker_settings(options: DemoOptions) -> WorkerSettings:
     if options.chaos:
         # Enough attempts that only the API's refusals are dead-lettered, backoff short
-        # enough that retries land within the run, a short lease for the killed worker.
+        # enough that retries land within the run, a short lease for the killed worker, and
+        # a request timeout well inside that lease (see README, Guarantees).
         return WorkerSettings(
-            max_attempts=12, backoff_base=0.2, backoff_max=2.0, lease_seconds=LEASE_SECONDS
+            max_attempts=12,
+            backoff_base=0.2,
+            backoff_max=2.0,
+            lease_seconds=LEASE_SECONDS,
+            request_timeout=1.5,
         )
     return WorkerSettings(max_attempts=3, backoff_base=0.2, backoff_max=1.0)

@@ -17,6 +17,7 @@ def sample_events(count: int, *, rng: random.Random) -> list[dict[str, Any]]:
     free trial. Deterministic for a given ``rng``."""
     now = datetime.now(UTC)
     events: list[dict[str, Any]] = []
+    payments: list[dict[str, Any]] = []  # not refunded yet
     for i in range(count):
         roll = rng.random()
         base: dict[str, Any] = {
@@ -30,8 +31,11 @@ def sample_events(count: int, *, rng: random.Random) -> list[dict[str, Any]]:
         if roll < 0.15:
             base["renewal"] = True
         events.append(base)
+        payments.append(base)
         if roll > 0.95 and i > 0:
-            refund_of = events[rng.randrange(len(events))]
+            # A refund of an earlier payment not refunded yet: a second refund of the same
+            # payment would be refused at enqueue as a duplicate, which is not the point here.
+            refund_of = payments.pop(rng.randrange(len(payments)))
             events.append({**refund_of, "refunded": True})
     events.append(
         {

@@ -45,6 +45,7 @@ class WorkerSettings:
     backoff_base: float
     backoff_max: float
     lease_seconds: int = 20
+    request_timeout: float = 10.0
 
     def environment(self, redis_url: str, api_url: str, workdir: Path) -> dict[str, str]:
         """This process's environment without any ``INGEST_*`` of the user's (a queue name
@@ -60,6 +61,7 @@ class WorkerSettings:
                 "INGEST_BACKOFF_BASE": str(self.backoff_base),
                 "INGEST_BACKOFF_MAX": str(self.backoff_max),
                 "INGEST_LEASE_SECONDS": str(self.lease_seconds),
+                "INGEST_REQUEST_TIMEOUT": str(self.request_timeout),
                 "INGEST_SPOOL_DIR": str(workdir / "spool"),
                 "INGEST_LOG_LEVEL": "WARNING",
             }
@@ -135,7 +137,12 @@ class DemoStack:
         self.workdir = workdir
         self.worker_settings = worker_settings
         self.keys = keys.QueueKeys(QUEUE)
-        self.settings = Settings(
+        # The demo needs no configuration and takes none: an unused prefix keeps the user's
+        # INGEST_* (a queue name, or a value that would not even validate) out of it, as
+        # WorkerSettings.environment keeps them out of the workers.
+        # (pydantic-settings takes _env_prefix at init; its mypy plugin does not know it.)
+        self.settings = Settings(  # type: ignore[call-arg]
+            _env_prefix="INGEST_DEMO_READS_NO_ENVIRONMENT_",
             redis_url=redis_server.url,
             api_url=sandbox.url,
             api_key=DEFAULT_WEBSITE_KEY,  # type: ignore[arg-type]
