@@ -80,7 +80,7 @@ def test_rq_info_exits_0_while_a_worker_holds_leases(stack: FaultStack) -> None:
 
 def test_rq_info_exits_0_after_a_killed_workers_leases_expire(stack: FaultStack) -> None:
     kill_a_worker_holding_leases(stack, 5)
-    time.sleep(LEASE + 0.5)
+    time.sleep(LEASE + 1.0)  # every lease of the victim has expired by now
 
     result = rq_info(stack)
 
@@ -91,7 +91,7 @@ def test_rq_info_interval_keeps_running_after_a_killed_workers_leases_expire(
     stack: FaultStack,
 ) -> None:
     kill_a_worker_holding_leases(stack, 5)
-    time.sleep(LEASE + 0.5)
+    time.sleep(LEASE + 1.0)  # every lease of the victim has expired by now
 
     stderr = rq_info_interval(stack, 2.0)
 
@@ -102,7 +102,7 @@ def test_rq_registry_cleanup_after_a_killed_worker_moves_nothing_to_failed(
     stack: FaultStack,
 ) -> None:
     kill_a_worker_holding_leases(stack, 5)
-    time.sleep(LEASE + 0.5)
+    time.sleep(LEASE + 1.0)  # every lease of the victim has expired by now
     queue = Queue("payments", connection=stack.connection, serializer=JSONSerializer)
 
     # What RQ's workers and scheduler run as maintenance, then `rq info`'s own count.
