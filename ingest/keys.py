@@ -23,6 +23,9 @@ key                                type    meaning
                                            entries, ``{id}:{execution}``, are scored by RQ.)
 ``rq:scheduled:{q}``               zset    RQ's ScheduledJobRegistry: job id scored by the time
                                            its retry is due
+``rq:failed:{q}``                  zset    RQ's FailedJobRegistry: only RQ's own tools put our
+                                           events here (RQ's cleanup of a plain ``rq worker``
+                                           that died); ``rq requeue`` puts them back
 ``rq:deferred:{q}``                zset    RQ's DeferredJobRegistry: refunds waiting for their
                                            payment to be delivered (a dead payment's wait
                                            for an operator's replay or purge)
@@ -40,6 +43,10 @@ key                                type    meaning
 ``ingest:{q}:parked:{website}``    list    events of a paused website, set aside in order
 ``ingest:{q}:probe``               set     websites an operator asked to probe now
 ``ingest:{q}:rate``                hash    unix second -> deliveries, for "rate over 1 min"
+``ingest:rq-settled:{id}``         hash    a scratch copy of a job's status for RQ's own
+                                           end-of-job bookkeeping, after a plain ``rq worker``
+                                           settled the event in our keys (see ingest.rqjob);
+                                           RQ deletes it, and it expires in an hour anyway
 ``ingest:{q}:session:{h}``         string  one console login: ``h`` is the SHA-256 of the
                                            session id in the browser's cookie; expires after
                                            ``INGEST_CONSOLE_SESSION_LIFETIME``, deleted at logout
@@ -65,7 +72,7 @@ for a ``dft_`` token, the website), never the key itself.
 The accounting identity every process can check from these keys alone::
 
     enqueued = delivered + dead + erased + purged
-               + queued + in_flight + scheduled + deferred + parked
+               + queued + in_flight + scheduled + deferred + parked + rq_failed
 
 (``dead`` is the current size of the dead-letter store; a replay moves an event from
 ``dead`` back to ``queued``.)
@@ -76,7 +83,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 RQ_QUEUES = "rq:queues"
-RQ_WORKERS = "rq:workers"  # members are the workers' own keys, rq:worker:{name}
+RQ_WORKERS = "rq:workers"
+# Where RQ's end-of-job bookkeeping goes once ingest.rqjob settled an event in our keys.
+RQ_SETTLED_PREFIX = "ingest:rq-settled:"  # members are the workers' own keys, rq:worker:{name}
 JOB_PREFIX = "rq:job:"
 
 
@@ -134,6 +143,10 @@ class QueueKeys:
     @property
     def scheduled(self) -> str:
         return f"rq:scheduled:{self.name}"
+
+    @property
+    def rq_failed(self) -> str:
+        return f"rq:failed:{self.name}"
 
     @property
     def deferred(self) -> str:

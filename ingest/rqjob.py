@@ -14,8 +14,9 @@ registry (``{id}:{execution}``):
   returns RQ's :class:`rq.Retry`, so RQ itself schedules it in ``rq:scheduled:{q}``, where
   any worker (ours or RQ's with ``--with-scheduler``) picks it up when due.
 
-Then RQ finishes the job as it does any job with ``result_ttl`` 0: it reads its status and
-deletes what is left of the hash, which ``ACK`` already settled.
+Then RQ finishes the job as it does any job with ``result_ttl`` 0, on a scratch copy
+(``ingest:rq-settled:{id}``): RQ's own end-of-job bookkeeping never touches the settled
+event's hash or its dependents set.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ import json
 import math
 import random
 import time
-from typing import TYPE_CHECKING
 
 import redis.asyncio
 from rq import Retry as RQRetry
+from rq.job import Job
 
 from . import keys
 from .delivery import Outcome
@@ -38,9 +39,6 @@ from .logs import get_logger
 from .retry import RetryPolicy
 from .scripts import Dead, Delivered, Park, Retry, ack
 from .settings import Settings
-
-if TYPE_CHECKING:
-    from rq.job import Job
 
 _log = get_logger(component="rqjob")
 # RQ counts the retries a job asked for and fails it past Retry.max; ours are counted by our
@@ -70,25 +68,56 @@ def settle_in_rq(job: Job, settings: Settings, outcome: Outcome) -> str | RQRetr
     match decision:
         case Delivered() | Dead():
             execution = _execution_of(conn, queue_keys, job.id)
-            if execution is None:
-                # Not ours to settle: our worker took the event over (a reclaim).
+            stale = execution is None or asyncio.run(
+                _ack(settings, queue_keys, decision, now=now, execution=execution)
+            )
+            _leave_rq_a_scratch_copy(job)
+            if stale:
+                # Not ours to settle any more: our worker took the event over (a reclaim).
                 _log.warning("event no longer held by this rq worker", job_id=job.id)
                 return "skipped"
-            asyncio.run(_ack(settings, queue_keys, decision, now=now, execution=execution))
-            # ACK deleted the hash; RQ reads the job's status once more before deleting what
-            # is left of it. HSETNX: a hash recreated meanwhile (a replay) keeps its own.
-            conn.hsetnx(keys.job_key(job.id), "status", "finished")
             return "delivered" if isinstance(decision, Delivered) else "dead-lettered"
         case Retry(due=due, attempts=made, history=tried):
-            conn.hset(
-                keys.job_key(job.id), mapping={"attempts": made, "history": json.dumps(tried)}
-            )
+            with conn.pipeline() as pipe:  # MULTI/EXEC: both or neither
+                pipe.hset(
+                    keys.job_key(job.id), mapping={"attempts": made, "history": json.dumps(tried)}
+                )
+                pipe.hincrby(queue_keys.stats, "retried", 1)
+                pipe.execute()
             return _rq_retry(job, max(1.0, due - now))
-        case Park():
+        case Park(website=site):
             # Our worker parks it and pauses the website when it next claims it.
+            _log.error(
+                "the Payments API refuses our credentials; RQ retries the event later",
+                website=site,
+                status=outcome.status,
+            )
             return _rq_retry(job, max(1.0, settings.auth_probe_interval))
         case _:
             raise AssertionError(f"unexpected decision {decision!r}")
+
+
+class _SettledJob(Job):
+    """RQ's view of a job that is settled in our keys: same id, other key prefix."""
+
+    redis_job_namespace_prefix = keys.RQ_SETTLED_PREFIX
+
+
+def _leave_rq_a_scratch_copy(job: Job) -> None:
+    """Point RQ's end-of-job bookkeeping at a scratch key instead of the event's.
+
+    Once ACK has settled the event, RQ would still write the job's status and heartbeat,
+    move its dependents (crashing on our deferred refund, which has no RQ dependency ids, or
+    releasing it although its payment is dead) and delete its hash and dependents set,
+    which a replay or another worker may need. Its job object is switched to a prefix of its
+    own, with just the status RQ reads back; RQ deletes that copy when it is done.
+    """
+    scratch = keys.RQ_SETTLED_PREFIX + job.id
+    with job.connection.pipeline() as pipe:
+        pipe.hset(scratch, "status", "finished")
+        pipe.expire(scratch, 3600)
+        pipe.execute()
+    job.__class__ = _SettledJob
 
 
 def _as_bytes(value: bytes | str | None) -> bytes:
@@ -119,10 +148,10 @@ async def _ack(
     *,
     now: float,
     execution: str,
-) -> None:
+) -> int:
     aconn = redis.asyncio.Redis.from_url(settings.redis_url)
     try:
-        await ack(
+        return await ack(
             aconn,
             queue_keys,
             [decision],

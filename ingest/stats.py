@@ -3,10 +3,17 @@
 Every event enqueued is, at any instant, in exactly one place::
 
     enqueued = delivered + dead + purged + erased
-               + queued + in_flight + scheduled + deferred + parked
+               + queued + in_flight + scheduled + deferred + parked + rq_failed
 
 :func:`read_accounting` takes one consistent snapshot (a MULTI/EXEC of reads) and
 :attr:`Accounting.lost` is what is missing from that identity: it must be 0.
+
+RQ's own tools are places too: ``in_flight`` includes ``rq_in_flight``, the events a plain
+``rq worker`` is sending, and ``rq_failed`` counts events RQ moved to its failed registry
+(``rq requeue`` puts them back). What RQ's tools delete outright (``rq empty``, which we do
+not support) leaves no trace: it shows as ``lost``, which ``ingest stats`` labels as removed
+outside ingest or lost.
+
 ``deferred`` includes :attr:`Accounting.deferred_on_dead`, the refunds that wait for a
 dead-lettered payment: they move on only by an operator's replay or purge.
 """
@@ -45,6 +52,8 @@ class Accounting:
     oldest_queued_age: float | None
     workers: int
     paused: dict[str, str] = field(default_factory=dict)
+    rq_failed: int = 0  # in RQ's failed registry, put there by RQ's own tools
+    rq_in_flight: int = 0  # of in_flight: being sent by a plain `rq worker`
     # Of ``deferred``: refunds waiting for a payment in the dead letters, which only an
     # operator's replay (then delivery) or purge moves on. Part of ``deferred``, not beside it.
     deferred_on_dead: int = 0
@@ -56,7 +65,7 @@ class Accounting:
     @property
     def lost(self) -> int:
         return self.enqueued - (
-            self.delivered + self.dead + self.purged + self.erased + self.in_system
+            self.delivered + self.dead + self.purged + self.erased + self.in_system + self.rq_failed
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -96,11 +105,15 @@ def read_accounting(connection: redis.Redis, queue: str, *, now: float | None = 
         pipe.hgetall(k.rate)
         pipe.lindex(k.queue, 0)
         pipe.hgetall(k.paused)
+        pipe.zcard(k.rq_failed)
+        # RQ scores its executions by their own expiry; ours sit from LEASE_SCORE_OFFSET up.
+        pipe.zcount(k.started, "-inf", f"({keys.LEASE_SCORE_OFFSET}")
         for site in paused_sites:
             pipe.llen(k.parked(site))
         results = pipe.execute()
     raw_stats, queued, in_flight, scheduled, deferred, dead, rate, head, paused = results[:9]
-    parked = sum(int(n) for n in results[9:])
+    rq_failed, rq_in_flight = results[9:11]
+    parked = sum(int(n) for n in results[11:])
     counters = {keys.text(key): int(value) for key, value in raw_stats.items()}
     window = [int(v) for s, v in rate.items() if now - 60 <= int(s) < now]
     oldest: float | None = None
@@ -129,5 +142,7 @@ def read_accounting(connection: redis.Redis, queue: str, *, now: float | None = 
         oldest_queued_age=oldest,
         workers=count_live_workers(connection),
         paused={keys.text(s): keys.text(r) for s, r in paused.items()},
+        rq_failed=int(rq_failed),
+        rq_in_flight=int(rq_in_flight),
         deferred_on_dead=waits.on_dead if waits else 0,
     )

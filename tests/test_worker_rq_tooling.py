@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import redis
 from conftest import PROJECT_ROOT, worker_environment
 from rq import Queue, Worker
+from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.suspension import resume, suspend
@@ -41,7 +43,7 @@ def run_rq(redis_url: str, sandbox: SandboxServer, *args: str) -> subprocess.Com
     """RQ's own command line as an operator runs it, against our queue and the sandbox."""
     env = worker_environment(redis_url, sandbox.url, api_key=DEFAULT_WEBSITE_KEY)
     return subprocess.run(
-        [RQ, *args[:-1], "--url", redis_url, args[-1]],
+        [RQ, *args, "--url", redis_url],
         env=env,
         cwd=PROJECT_ROOT,
         capture_output=True,
@@ -170,3 +172,109 @@ def test_event_a_plain_rq_worker_scheduled_for_a_retry_is_delivered_by_ours(
     accounting = read_accounting(redis_client, "payments")
     assert (accounting.delivered, accounting.in_system, accounting.lost) == (1, 0, 0)
     assert len(sandbox.records(transaction_id="later-0")) == 1
+
+
+# -- where events went: RQ's registries, and tools we do not support ----------------------------
+
+
+def ingest_stats(redis_url: str, sandbox: SandboxServer) -> str:
+    env = worker_environment(redis_url, sandbox.url, api_key=DEFAULT_WEBSITE_KEY)
+    env["COLUMNS"] = "200"  # one table row per line
+    result = subprocess.run(
+        [sys.executable, "-m", "ingest", "stats"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def move_one_to_rq_failed(redis_client: redis.Redis) -> None:
+    """What RQ's cleanup does with a job whose plain `rq worker` died: into rq:failed."""
+    queue = Queue("payments", connection=redis_client, serializer=JSONSerializer)
+    job_id = queue.get_job_ids()[0]
+    redis_client.lrem(queue.key, 0, job_id)
+    job = Job.fetch(job_id, connection=redis_client, serializer=JSONSerializer)
+    FailedJobRegistry(queue=queue).add(job, exc_string="AbandonedJobError")
+
+
+def test_event_rq_moved_to_its_failed_registry_is_counted_rq_failed_not_lost(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    _enqueue(redis_url, 2, prefix="abandoned")
+    move_one_to_rq_failed(redis_client)
+
+    accounting = read_accounting(redis_client, "payments")
+
+    assert (accounting.rq_failed, accounting.queued, accounting.lost) == (1, 1, 0)
+
+
+def test_rq_requeue_puts_an_rq_failed_event_back_for_our_worker_to_deliver(
+    redis_url: str, redis_client: redis.Redis, sandbox: SandboxServer, start_worker: StartWorker
+) -> None:
+    _enqueue(redis_url, 2, prefix="requeued")
+    move_one_to_rq_failed(redis_client)
+    requeued = run_rq(redis_url, sandbox, "requeue", "--all", "-S", "json", "--queue", "payments")
+    assert requeued.returncode == 0, requeued.stderr
+
+    assert start_worker(burst=True).wait(timeout=60) == 0
+
+    accounting = read_accounting(redis_client, "payments")
+    assert (accounting.delivered, accounting.rq_failed, accounting.lost) == (2, 0, 0)
+
+
+def test_event_a_plain_rq_worker_is_sending_is_counted_rq_in_flight(
+    redis_url: str, redis_client: redis.Redis, sandbox: SandboxServer
+) -> None:
+    _enqueue(redis_url, 1, prefix="slow")
+    sandbox.set_faults(latency_ms=4000)
+    env = worker_environment(redis_url, sandbox.url, api_key=DEFAULT_WEBSITE_KEY)
+    worker = subprocess.Popen(
+        [RQ, "worker", "--burst", "--serializer", "json", "--url", redis_url, "payments"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while read_accounting(redis_client, "payments").in_flight == 0:
+            assert time.monotonic() < deadline, "the rq worker never started the job"
+            time.sleep(0.05)
+
+        accounting = read_accounting(redis_client, "payments")
+
+        assert (accounting.in_flight, accounting.rq_in_flight, accounting.lost) == (1, 1, 0)
+    finally:
+        assert worker.wait(timeout=30) == 0
+
+
+def test_stats_say_events_removed_by_rq_empty_were_removed_outside_ingest(
+    redis_url: str, sandbox: SandboxServer
+) -> None:
+    _enqueue(redis_url, 3, prefix="emptied")
+    emptied = run_rq(redis_url, sandbox, "empty", "payments")
+    assert emptied.returncode == 0, emptied.stderr
+
+    output = ingest_stats(redis_url, sandbox)
+
+    [line] = [line for line in output.splitlines() if "removed outside ingest" in line]
+    assert line.split("│")[-2].strip() == "3", output
+
+
+def test_plain_rq_worker_keeps_a_refund_deferred_when_its_payment_is_dead_lettered(
+    redis_url: str, redis_client: redis.Redis, sandbox: SandboxServer
+) -> None:
+    _enqueue(redis_url, 1, prefix="refused-order")
+    _enqueue(redis_url, 1, prefix="refused-order", refunded=True)
+    sandbox.set_faults(fail_ids={"refused-order-0": 422})
+
+    rq_worker_burst(redis_url, sandbox)
+
+    assert sandbox.records(transaction_id="refused-order-0") == []
+    accounting = read_accounting(redis_client, "payments")
+    assert (accounting.dead, accounting.deferred_on_dead, accounting.lost) == (1, 1, 0)

@@ -25,12 +25,14 @@ _ACCOUNTING_ORDER = [
     "dead",
     "queued",
     "in_flight",
+    "rq_in_flight",
     "scheduled",
     "deferred",
     "deferred_on_dead",
     "parked",
     "purged",
     "erased",
+    "rq_failed",
     "lost",
     "duplicates",
     "api_duplicates",
@@ -39,6 +41,12 @@ _ACCOUNTING_ORDER = [
     "oldest_queued_age",
     "workers",
 ]
+_LABELS = {
+    "rq_in_flight": "  of which by rq worker",
+    "rq_failed": "in rq:failed (rq requeue)",
+    # Nothing of ours loses events; RQ's `rq empty` deletes them without a trace.
+    "lost": "lost or removed outside ingest (rq empty)",
+}
 _DEAD_LETTER_FIELDS = (
     "transaction_id",
     "website",
@@ -69,7 +77,7 @@ def accounting_table(data: dict[str, Any], *, title: str) -> Table:
         else:
             shown = f"{value:,}"
         style = "bold red" if key == "lost" and value else None
-        table.add_row(key.replace("_", " "), shown, style=style)
+        table.add_row(_LABELS.get(key, key.replace("_", " ")), shown, style=style)
     if data.get("paused"):
         for site, reason in data["paused"].items():
             table.add_row(f"paused {site}", reason, style="bold red")

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from rq import Queue
 from rq.registry import FailedJobRegistry, StartedJobRegistry, clean_registries
+from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
 from .harness import FAST_WORKER_SETTINGS, FaultStack, assert_accounted, payment_ids
@@ -79,7 +80,7 @@ def test_rq_info_exits_0_while_a_worker_holds_leases(stack: FaultStack) -> None:
 
 def test_rq_info_exits_0_after_a_killed_workers_leases_expire(stack: FaultStack) -> None:
     kill_a_worker_holding_leases(stack, 5)
-    time.sleep(LEASE + 0.5)
+    time.sleep(LEASE + 1.0)  # every lease of the victim has expired by now
 
     result = rq_info(stack)
 
@@ -90,7 +91,7 @@ def test_rq_info_interval_keeps_running_after_a_killed_workers_leases_expire(
     stack: FaultStack,
 ) -> None:
     kill_a_worker_holding_leases(stack, 5)
-    time.sleep(LEASE + 0.5)
+    time.sleep(LEASE + 1.0)  # every lease of the victim has expired by now
 
     stderr = rq_info_interval(stack, 2.0)
 
@@ -101,7 +102,7 @@ def test_rq_registry_cleanup_after_a_killed_worker_moves_nothing_to_failed(
     stack: FaultStack,
 ) -> None:
     kill_a_worker_holding_leases(stack, 5)
-    time.sleep(LEASE + 0.5)
+    time.sleep(LEASE + 1.0)  # every lease of the victim has expired by now
     queue = Queue("payments", connection=stack.connection, serializer=JSONSerializer)
 
     # What RQ's workers and scheduler run as maintenance, then `rq info`'s own count.
@@ -114,3 +115,35 @@ def test_rq_registry_cleanup_after_a_killed_worker_moves_nothing_to_failed(
     count = stack.count("after RQ's cleanup")
     assert_accounted(count)
     assert count.delivered == 5
+
+
+def test_rq_scheduler_moves_our_due_retries_to_the_queue_and_they_are_delivered(
+    stack: FaultStack,
+) -> None:
+    tids = stack.enqueue(payment_ids("rqsched", 3))
+    stack.sandbox.set_faults(fail_ids=dict.fromkeys(tids, 503))
+    worker = stack.start_worker(name="retrier", backoff_base="5", backoff_max="5")
+    stack.wait_for("3 retries scheduled", lambda a: a.scheduled == 3, timeout=30)
+    assert worker.stop() == 0
+    stack.sandbox.set_faults(fail_ids={})
+    # Due in 0-5 s (full jitter); RQ's scheduler, as `rq worker --with-scheduler` runs it.
+    stack.connection.zadd(
+        stack.keys.scheduled,
+        dict.fromkeys(
+            [m.decode() for m in stack.connection.zrange(stack.keys.scheduled, 0, -1)],
+            time.time() - 1,
+        ),
+    )
+    scheduler = RQScheduler(["payments"], connection=stack.connection, serializer=JSONSerializer)
+    assert scheduler.acquire_locks() == {"payments"}
+    scheduler.enqueue_scheduled_jobs()
+    scheduler.release_locks()
+    assert stack.accounting().queued == 3
+    assert rq_info(stack).returncode == 0
+
+    deliverer = stack.start_worker(name="deliverer", burst=True)
+    assert deliverer.wait(30, explain=stack.explain) == 0, deliverer.output()[-2000:]
+
+    count = stack.count("after RQ's scheduler")
+    assert_accounted(count)
+    assert count.delivered == 3
