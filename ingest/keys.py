@@ -28,6 +28,8 @@ key                                type    meaning
                                            seconds so a re-enqueue reports a duplicate
 ``ingest:{q}:dead``                hash    dead letters: job id -> JSON record (never expires)
 ``ingest:{q}:dead:index``          zset    dead-letter ids scored by the time they died
+``ingest:dead-in``                 hash    dead-letter id -> the queue whose dead letters hold
+                                           it: a refund in any queue sees its payment died
 ``ingest:{q}:stats``               hash    monotonic counters: enqueued, duplicates,
                                            delivered, api_duplicates, retried, dead_lettered,
                                            replayed, purged, erased
@@ -52,6 +54,7 @@ from dataclasses import dataclass
 
 RQ_QUEUES = "rq:queues"
 JOB_PREFIX = "rq:job:"
+DEAD_IN = "ingest:dead-in"
 
 
 # The website of events sent with a df_ key (which names its own website): the value of a
