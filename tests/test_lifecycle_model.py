@@ -211,15 +211,19 @@ def lifecycle_machine(redis_url: str, workdir: Path) -> type[RuleBasedStateMachi
                 lambda c: claim(c, k, now=now, lease_until=until, worker=worker, limit=limit),
             )
 
-        @rule(answers=st.lists(st.sampled_from(ANSWERS), min_size=1, max_size=4))
-        def worker_delivers(self, answers: list[str]) -> None:
-            """One pass of a worker over each queue: everything queued is claimed and sent,
-            the API's answers repeating over the batch."""
+        @rule(
+            answers=st.lists(st.sampled_from(ANSWERS), min_size=1, max_size=4),
+            order=st.permutations(QUEUES),
+        )
+        def worker_delivers(self, answers: list[str], order: list[str]) -> None:
+            """One pass of a worker over each queue, in either order (workers of different
+            queues run independently): everything queued is claimed and sent, the API's
+            answers repeating over the batch."""
             # Time passes: retries fall due, leases of killed workers run out.
             self.now += 100.0
             now = self.now
             replies = itertools.cycle(answers)
-            for queue in QUEUES:
+            for queue in order:
                 k = keys.QueueKeys(queue)
                 run_on(redis_url, lambda c, k=k: reclaim(c, k, now=now))
                 batch = []
@@ -251,8 +255,22 @@ def lifecycle_machine(redis_url: str, workdir: Path) -> type[RuleBasedStateMachi
 
         # -- operators --------------------------------------------------------------------
 
-        @rule(queue=st.sampled_from(QUEUES))
-        def dlq_replay(self, queue: str) -> None:
+        # One rule for the three, so that hypothesis (which picks among rules) spends most
+        # steps on users and workers, as a real system does.
+        @rule(
+            action=st.sampled_from(["dlq replay", "dlq purge", "erase"]),
+            queue=st.sampled_from(QUEUES),
+            data=st.data(),
+        )
+        def operator_acts(self, action: str, queue: str, data: st.DataObject) -> None:
+            if action == "dlq replay":
+                self._replay(queue)
+            elif action == "dlq purge":
+                self._purge(queue, data)
+            else:
+                self._erase(data.draw(st.sampled_from(VISITORS)))
+
+        def _replay(self, queue: str) -> None:
             store = DeadLetterStore(self.conn, queue)
             # A refund dead-lettered because its payment left unsent is left to a person:
             # replaying it sends a refund alone, which is that person's explicit choice.
@@ -261,8 +279,7 @@ def lifecycle_machine(redis_url: str, workdir: Path) -> type[RuleBasedStateMachi
             ]
             store.replay(ids)
 
-        @rule(queue=st.sampled_from(QUEUES), data=st.data())
-        def dlq_purge(self, queue: str, data: st.DataObject) -> None:
+        def _purge(self, queue: str, data: st.DataObject) -> None:
             store = DeadLetterStore(self.conn, queue)
             letters = list(store.iter())
             if not letters:
@@ -273,8 +290,7 @@ def lifecycle_machine(redis_url: str, workdir: Path) -> type[RuleBasedStateMachi
                     self.gone.add(letter.transaction_id)
             store.purge([d.job_id for d in chosen])
 
-        @rule(visitor=st.sampled_from(VISITORS))
-        def erase_visitor(self, visitor: str) -> None:
+        def _erase(self, visitor: str) -> None:
             for transaction_id in self.paid:
                 if visitor_of(transaction_id) == visitor:
                     self.gone.add(transaction_id)
