@@ -36,6 +36,8 @@ key                                type    meaning
                                            seconds so a re-enqueue reports a duplicate
 ``ingest:{q}:dead``                hash    dead letters: job id -> JSON record (never expires)
 ``ingest:{q}:dead:index``          zset    dead-letter ids scored by the time they died
+``ingest:dead-in``                 hash    dead-letter id -> the queue whose dead letters hold
+                                           it: a refund in any queue sees its payment died
 ``ingest:{q}:stats``               hash    monotonic counters: enqueued, duplicates,
                                            delivered, api_duplicates, retried, dead_lettered,
                                            replayed, purged, erased
@@ -87,6 +89,7 @@ RQ_WORKERS = "rq:workers"
 # Where RQ's end-of-job bookkeeping goes once ingest.rqjob settled an event in our keys.
 RQ_SETTLED_PREFIX = "ingest:rq-settled:"  # members are the workers' own keys, rq:worker:{name}
 JOB_PREFIX = "rq:job:"
+DEAD_IN = "ingest:dead-in"
 
 
 # How long a minute of chart history (``ingest:{q}:minute:{m}``) is kept: the console draws

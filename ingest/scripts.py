@@ -26,6 +26,7 @@ from redis.exceptions import NoScriptError
 
 from .jobs import Claimed
 from .keys import (
+    DEAD_IN,
     JOB_PREFIX,
     LEASE_SCORE_OFFSET,
     MINUTE_TTL,
@@ -102,6 +103,7 @@ PAYMENT_ERASED = "payment_erased"
 # dead the refund stays deferred, waiting for an operator's replay or purge.
 DEPENDENTS = (
     f"local DEPENDENTS_JOB_PREFIX = {_lua_string(JOB_PREFIX)}\n"
+    f"local DEAD_IN = {_lua_string(DEAD_IN)}\n"
     f"local PAYMENT_PURGED = {_lua_string(PAYMENT_PURGED)}\n"
     f"local PAYMENT_ERASED = {_lua_string(PAYMENT_ERASED)}\n"
     + _queue_key_function("queue_key_of", "queue")
@@ -141,6 +143,7 @@ local function dead_letter_dependents(id, reason, message, now, now_iso)
       website = f[2] or '-', data = f[1], reason = reason, error = message, attempts = 0,
       first_attempt_at = '', last_attempt_at = '', dead_at = now_iso})
     redis.call('HSET', dead_key_of(origin), dep, record)
+    redis.call('HSET', DEAD_IN, dep, origin)
     redis.call('ZADD', dead_index_key_of(origin), now, dep)
     redis.call('DEL', key)
     redis.call('HINCRBY', stats_key_of(origin), 'dead_lettered', 1)
@@ -155,6 +158,7 @@ end
 # Enqueue one event, or report it as a duplicate.
 # KEYS: 1 rq:job:{id}  2 rq:queue:{q}  3 ingest:{q}:stats  4 ingest:{q}:done:{id}
 #       5 ingest:{q}:dead  6 rq:job:{payment id}  7 rq:deferred:{q}
+#       8 ingest:dead-in
 #       (and rq:job:{payment id}:dependents, derived from KEYS[6], for a deferred refund)
 # ARGV: 1 id  2 data  3 now (ISO)  4 queue name  5 website  6 description  7 "1" if refund
 #       8 now (unix)
@@ -162,13 +166,12 @@ end
 # This is the checkout's hot path: every argument costs latency, so the queue is entered in
 # RQ's ``rq:queues`` set by the worker at start and by REPLAY, not on every enqueue.
 # A refund whose payment is still in the system (queued, in flight, scheduled for retry,
-# parked) or dead-lettered waits in RQ's deferred registry (see ``DEPENDENTS``): it is queued
-# once that payment is delivered. A dead payment's dependents set outlives its job hash, so a
-# payment dead in another queue is seen too once one refund waits on it. A refund's job hash
-# names its payment (``payment_id``).
+# parked) or dead-lettered in any queue (``ingest:dead-in``) waits in RQ's deferred registry
+# (see ``DEPENDENTS``): it is queued once that payment is delivered. A refund's job hash names
+# its payment (``payment_id``).
 ENQUEUE = """
 local job_key, queue_key, stats_key, done_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local dead_key, payment_key, deferred_key = KEYS[5], KEYS[6], KEYS[7]
+local dead_key, payment_key, deferred_key, dead_in_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local id, data, now_iso, queue_name = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local website, description, is_refund, now = ARGV[5], ARGV[6], ARGV[7] == '1', ARGV[8]
 if redis.call('EXISTS', job_key) == 1 or redis.call('EXISTS', done_key) == 1
@@ -179,8 +182,8 @@ end
 local status = 'queued'
 local payment_id = is_refund and string.match(payment_key, '([^:]+)$')
 if is_refund and (redis.call('EXISTS', payment_key) == 1
-    or redis.call('HEXISTS', dead_key, payment_id) == 1
-    or redis.call('EXISTS', payment_key .. ':dependents') == 1) then
+    or redis.call('HEXISTS', dead_in_key, payment_id) == 1
+    or redis.call('HEXISTS', dead_key, payment_id) == 1) then
   status = 'deferred'
 end
 redis.call('HSET', job_key, 'data', data, 'created_at', now_iso, 'enqueued_at', now_iso,
@@ -218,6 +221,7 @@ class Enqueue:
         self._stats = keys.stats.encode()
         self._dead = keys.dead.encode()
         self._deferred = keys.deferred.encode()
+        self._dead_in = DEAD_IN.encode()
         self._name = keys.name.encode()
 
     def arguments(
@@ -239,6 +243,7 @@ class Enqueue:
             self._dead,
             job_key(payment_job_id).encode(),
             self._deferred,
+            self._dead_in,
         ]
         args = [
             job_id.encode(),
@@ -388,13 +393,13 @@ async def claim(
 #       5 ingest:{q}:dead  6 ingest:{q}:dead:index  7 rq:deferred:{q}  8 ingest:{q}:rate
 #       9 ingest:{q}:paused  10 ingest:{q}:minute:{m} (the minute of ``now``)
 # ARGV: 1 now (unix)  2 worker name  3 dedup window (s)  4 done key prefix  5 job key prefix
-#       6 parked key prefix  7 JSON array of outcomes, each one of
+#       6 parked key prefix  7 JSON array of outcomes (below)  8 queue name; an outcome is
 #         ["ok", id, api_duplicate]                      delivered
 #         ["retry", id, due, attempts, history]          transient: scheduled for a retry
 #         ["dead", id, record]                           permanent or exhausted
 #         ["return", id]                                 not sent (shutdown): back to the front
 #         ["park", id, website, reason]                  auth failure: pause the website
-#       8 the minute key's expiry (s)
+#       9 the minute key's expiry (s)
 # Delivering a payment releases a refund deferred on it (RQ's dependents set), even one
 # enqueued while the payment was in flight, into the refund's own queue. Dead-lettering it
 # does not: the refund stays deferred until the payment is replayed and delivered, or purged.
@@ -407,10 +412,11 @@ ACK = """
 local started_key, queue_key, scheduled_key, stats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local dead_key, dead_index_key, deferred_key = KEYS[5], KEYS[6], KEYS[7]
 local rate_key, paused_key = KEYS[8], KEYS[9]
-local minute_key, minute_ttl = KEYS[10], ARGV[8]
+local minute_key, minute_ttl = KEYS[10], ARGV[9]
 local now, worker, window = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local done_prefix, job_prefix, parked_prefix = ARGV[4], ARGV[5], ARGV[6]
 local outcomes = cjson.decode(ARGV[7])
+local queue_name = ARGV[8]
 local counts = {delivered = 0, api_duplicates = 0, retried = 0, dead_lettered = 0}
 local suffix = ':' .. worker
 local stale = 0
@@ -430,6 +436,7 @@ for _, o in ipairs(outcomes) do
     counts.retried = counts.retried + 1
   elseif kind == 'dead' then
     redis.call('HSET', dead_key, id, o[3])
+    redis.call('HSET', DEAD_IN, id, queue_name)
     redis.call('ZADD', dead_index_key, now, id)
     redis.call('DEL', job_prefix .. id)
     counts.dead_lettered = counts.dead_lettered + 1
@@ -567,6 +574,7 @@ async def ack(
             JOB_PREFIX,
             keys.parked_prefix,
             json.dumps([outcome.entry() for outcome in batch]),
+            keys.name,
             MINUTE_TTL,
         ),
     )
@@ -699,9 +707,10 @@ for i = 5, #ARGV, 2 do
     local rec = cjson.decode(raw)
     local status = 'queued'
     local payment_key = job_prefix .. payment_id
+    redis.call('HDEL', DEAD_IN, id)
     if payment_id ~= '' and (redis.call('EXISTS', payment_key) == 1
-        or redis.call('HEXISTS', dead_key, payment_id) == 1
-        or redis.call('EXISTS', payment_key .. ':dependents') == 1) then
+        or redis.call('HEXISTS', DEAD_IN, payment_id) == 1
+        or redis.call('HEXISTS', dead_key, payment_id) == 1) then
       status = 'deferred'
     end
     redis.call('HSET', job_prefix .. id, 'data', rec['data'],
@@ -729,7 +738,7 @@ if #done > 0 then
 end
 return done
 """
-_REPLAY = Script(REPLAY)
+_REPLAY = Script(DEPENDENTS + REPLAY)
 
 
 def replay(
@@ -771,6 +780,7 @@ for i = 3, #ARGV do
   local id = ARGV[i]
   if redis.call('HDEL', dead_key, id) == 1 then
     redis.call('ZREM', dead_index_key, id)
+    redis.call('HDEL', DEAD_IN, id)
     dead_letter_dependents(id, PAYMENT_PURGED,
       'its payment was purged from the dead letters unsent', now, now_iso)
     n = n + 1
@@ -812,6 +822,7 @@ local job_prefix, parked_prefix, id, now, now_iso = ARGV[1], ARGV[2], ARGV[3], A
 local reason, message = PAYMENT_ERASED, 'its payment was erased unsent'
 if redis.call('HDEL', dead_key, id) == 1 then
   redis.call('ZREM', dead_index_key, id)
+  redis.call('HDEL', DEAD_IN, id)
   redis.call('HINCRBY', stats_key, 'erased', 1)
   dead_letter_dependents(id, reason, message, now, now_iso)
   return 'dead'
@@ -847,13 +858,13 @@ def erase(conn: redis.Redis, keys: QueueKeys, job_id: str, *, now: datetime) -> 
 # -- WAITING -------------------------------------------------------------------------------------
 
 # Why the deferred refunds of one queue wait: for a payment still on its way, or for a person.
-# KEYS: 1 rq:deferred:{q}
+# KEYS: 1 rq:deferred:{q}  2 ingest:dead-in
 # ARGV: 1 job key prefix  2 at most this many are looked at
 # Returns {deferred, on_dead, on_parked, orphaned, looked_at}: on_dead wait for a payment in
 # the dead letters (an operator's replay or purge), on_parked for a payment of a website paused
 # by an auth failure; orphaned wait for a payment that is nowhere (must be 0).
 WAITING = """
-local deferred_key = KEYS[1]
+local deferred_key, dead_in_key = KEYS[1], KEYS[2]
 local job_prefix, limit = ARGV[1], tonumber(ARGV[2])
 local on_dead, on_parked, orphaned = 0, 0, 0
 local ids = redis.call('ZRANGE', deferred_key, 0, limit - 1)
@@ -865,8 +876,10 @@ for _, id in ipairs(ids) do
     if status == 'parked' then
       on_parked = on_parked + 1
     elseif not status then
-      -- A dead payment's dependents set outlives its job hash (in whichever queue it died).
-      if redis.call('SISMEMBER', payment_key .. ':dependents', id) == 1 then
+      -- Dead in any queue; or (dead before ingest:dead-in existed) its dependents set,
+      -- which outlives a dead payment's job hash.
+      if redis.call('HEXISTS', dead_in_key, payment_id) == 1
+          or redis.call('SISMEMBER', payment_key .. ':dependents', id) == 1 then
         on_dead = on_dead + 1
       else
         orphaned = orphaned + 1
@@ -903,12 +916,14 @@ class Waiting:
 
 def waiting(conn: redis.Redis, keys: QueueKeys) -> Waiting:
     """Why ``keys``' deferred refunds wait."""
-    return Waiting.from_reply(_WAITING.run(conn, (keys.deferred,), (JOB_PREFIX, _WAITING_LIMIT)))
+    return Waiting.from_reply(
+        _WAITING.run(conn, (keys.deferred, DEAD_IN), (JOB_PREFIX, _WAITING_LIMIT))
+    )
 
 
 async def waiting_async(conn: redis.asyncio.Redis, keys: QueueKeys) -> Waiting:
     """:func:`waiting` on an asyncio connection (the worker's)."""
-    reply = await _WAITING.run_async(conn, (keys.deferred,), (JOB_PREFIX, _WAITING_LIMIT))
+    reply = await _WAITING.run_async(conn, (keys.deferred, DEAD_IN), (JOB_PREFIX, _WAITING_LIMIT))
     return Waiting.from_reply(reply)
 
 

@@ -205,3 +205,17 @@ def test_refund_in_another_queue_is_released_into_its_own_queue(
     assert queued_ids(redis_client, "refunds") == [refund.job_id]
     assert redis_client.zcard(keys.QueueKeys("refunds").deferred) == 0
     assert json.loads(redis_client.hget(keys.job_key(refund.job_id), "data") or "[]")
+
+
+def test_refund_in_another_queue_waits_for_a_payment_dead_in_the_first(
+    producer: Producer, redis_url: str, redis_client: redis.Redis
+) -> None:
+    # Found by the lifecycle model (tests/test_lifecycle_model.py).
+    dead_payment(producer, redis_url, "pi_dead_elsewhere")
+    refunds = Producer(Settings(redis_url=redis_url, queue="refunds"), spool=False)
+    try:
+        refund = refunds.enqueue(payment("pi_dead_elsewhere", refunded=True))
+    finally:
+        refunds.close()
+    assert refund.status == "deferred"
+    assert read_accounting(redis_client, "refunds").deferred_on_dead == 1
