@@ -55,8 +55,14 @@ DELIVERY_SECONDS = Histogram(
 IN_FLIGHT = Gauge("ingest_worker_in_flight_requests", "POSTs in flight in this worker.", ["queue"])
 SEND_LIMIT = Gauge(
     "ingest_worker_send_limit",
-    "Requests this worker may have in flight (shrinks after a 429).",
+    "Requests this worker may have in flight (follows the API's latency).",
     ["queue"],
+)
+SEND_RATE = Gauge(
+    "ingest_send_rate_limit",
+    "A credential's shared, learned send rate in requests/s, as this worker last saw it "
+    "(credential: a short hash, never the key).",
+    ["credential", "queue"],
 )
 RECLAIMED = Counter(
     "ingest_worker_reclaimed_total", "Events of dead workers put back on the queue.", ["queue"]
@@ -77,6 +83,15 @@ class WorkerMetrics:
         self.send_limit = SEND_LIMIT.labels(queue)
         self.reclaimed = RECLAIMED.labels(queue)
         self._responses: dict[str, Any] = {}
+        self._rates: dict[str, Any] = {}
+
+    def send_rates(self, rates: dict[str, float]) -> None:
+        """Credential id -> its shared send rate."""
+        for credential, rate in rates.items():
+            child = self._rates.get(credential)
+            if child is None:
+                child = self._rates[credential] = SEND_RATE.labels(credential, self.queue)
+            child.set(rate)
 
     def response(self, status: str) -> None:
         child = self._responses.get(status)
