@@ -120,10 +120,6 @@ class Backpressure:
         """How many more events to claim: the concurrency limit less what is in hand."""
         return self.concurrency.free(in_flight + self.waiting)
 
-    def rates(self) -> dict[str, float]:
-        """Credential id -> its shared send rate as last seen (for metrics)."""
-        return {c.limiter.credential: c.rate for c in self._credentials.values()}
-
     def wait(self, longest: float) -> float:
         """Seconds until an event waiting here may have a permit (at most ``longest``)."""
         now = self._clock()

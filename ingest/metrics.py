@@ -58,12 +58,6 @@ SEND_LIMIT = Gauge(
     "Requests this worker may have in flight (follows the API's latency).",
     ["queue"],
 )
-SEND_RATE = Gauge(
-    "ingest_send_rate_limit",
-    "A credential's shared, learned send rate in requests/s, as this worker last saw it "
-    "(credential: a short hash, never the key).",
-    ["credential", "queue"],
-)
 RECLAIMED = Counter(
     "ingest_worker_reclaimed_total", "Events of dead workers put back on the queue.", ["queue"]
 )
@@ -83,15 +77,6 @@ class WorkerMetrics:
         self.send_limit = SEND_LIMIT.labels(queue)
         self.reclaimed = RECLAIMED.labels(queue)
         self._responses: dict[str, Any] = {}
-        self._rates: dict[str, Any] = {}
-
-    def send_rates(self, rates: dict[str, float]) -> None:
-        """Credential id -> its shared send rate."""
-        for credential, rate in rates.items():
-            child = self._rates.get(credential)
-            if child is None:
-                child = self._rates[credential] = SEND_RATE.labels(credential, self.queue)
-            child.set(rate)
 
     def response(self, status: str) -> None:
         child = self._responses.get(status)
@@ -211,6 +196,22 @@ class QueueCollector:
         ]
         for family, name, documentation, figure in singles:
             yield _family(family, name, documentation, q, figure)
+        rate = GaugeMetricFamily(
+            "ingest_send_rate_limit",
+            "A credential's learned send rate, shared by every worker, in requests/s "
+            "(credential: a short hash, never the key).",
+            labels=["credential", "queue"],
+        )
+        hold = GaugeMetricFamily(
+            "ingest_send_rate_hold_seconds",
+            "Seconds left of a credential's hold after most answers were 429 (0: sending).",
+            labels=["credential", "queue"],
+        )
+        for view in a.send_rates:
+            rate.add_metric([view.credential, q], view.rate)
+            hold.add_metric([view.credential, q], view.hold_seconds)
+        yield rate
+        yield hold
 
 
 def _family(kind: Any, name: str, documentation: str, queue: str, value: float) -> Any:

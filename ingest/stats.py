@@ -19,6 +19,7 @@ import redis
 
 from . import keys
 from .jobs import parse_rq_time
+from .ratelimit import SendRateView, read_send_rates
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,8 @@ class Accounting:
     oldest_queued_age: float | None
     workers: int
     paused: dict[str, str] = field(default_factory=dict)
+    send_rates: list[SendRateView] = field(default_factory=list)
+    """Each credential's learned send rate and hold (not part of the snapshot: read after)."""
 
     @property
     def in_system(self) -> int:
@@ -108,4 +111,5 @@ def read_accounting(connection: redis.Redis, queue: str, *, now: float | None = 
         oldest_queued_age=oldest,
         workers=Worker.count(connection=connection),
         paused={keys.text(s): keys.text(r) for s, r in paused.items()},
+        send_rates=read_send_rates(connection, queue, now=now),
     )

@@ -255,7 +255,6 @@ class IngestWorker(SimpleWorker):
         started = await self._claim(run)
         self.metrics.in_flight.set(len(run.in_flight))
         self.metrics.send_limit.set(int(run.backpressure.concurrency.limit))
-        self.metrics.send_rates(run.backpressure.rates())
         await self._acknowledge(run)
         run.redis_backoff = 0.0
         if run.in_flight or started:
