@@ -10,12 +10,13 @@ the order :func:`decide` applies them:
    is held for the ``Retry-After`` (capped) and the rate cut toward what was accepted.
    One sporadic 429 never holds anything: its own event waits its ``Retry-After`` in the
    retry schedule, and that is all.
-3. The share of 429s is above ``tolerated_share`` plus the learned *noise*: cut to a little
-   under the rate the API accepted in the window (by 30% at most per window). If two cuts
-   in a row left the share where it was, the 429s are not about our rate (a real limit
-   answers fewer 429s at a lower rate): their share becomes the noise, tolerated from then
-   on, and the rate stays. So 2% sporadic 429s at 1,000 answers/s (20 a second) cost only their own
-   retries, where a cut per 429 would ratchet the rate to the floor.
+3. The share of 429s is clearly (by two standard errors) above ``tolerated_share`` plus
+   the learned *noise*: cut to a little under the rate the API accepted in the window (by
+   30% at most per window). If two cuts in a row left the share where it was, the 429s are
+   not about our rate (a real limit answers fewer 429s at a lower rate): their share
+   becomes the noise, tolerated from then on, and the rate stays. So 2% sporadic 429s at
+   1,000 answers/s (20 a second) cost only their own retries, where a cut per 429 would
+   ratchet the rate to the floor.
 4. Otherwise, if the window used its rate: double it while starting (slow start, until
    the first cut), else add ``increase`` of it (additive increase). A rate not used is not
    raised, so an idle credential does not wake up far above its limit.
@@ -26,6 +27,7 @@ Always within ``floor`` and ``ceiling``. Transport failures (no answer) are not 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -146,7 +148,7 @@ def decide(
         )
     if answered < config.min_answers:
         return Decision(rate, 0.0, state, "keep")
-    if share > config.tolerated_share + state.noise:
+    if share > _threshold(config.tolerated_share + state.noise, answered):
         stuck = state.stuck + 1 if share >= 0.7 * state.last_share > 0 else 0
         if stuck >= config.cuts_to_noise:
             # Cut after cut, the share did not fall: these 429s are not about our rate.
@@ -163,6 +165,14 @@ def decide(
     if state.slow_start:
         return Decision(clamp(rate * 2), 0.0, calm, "slow start")
     return Decision(clamp(rate + max(1.0, config.increase * rate)), 0.0, calm, "increase")
+
+
+def _threshold(tolerated: float, answered: int) -> float:
+    """The share of 429s above which a window cuts: the tolerated share plus two standard
+    errors of it over ``answered`` answers, so that 2% sporadic 429s seen as 3 in 100 do
+    not cut, while 9 in 55 do."""
+    q = min(tolerated, 1.0)
+    return tolerated + 2 * math.sqrt(q * (1 - q) / answered)
 
 
 def _hold(window: AnswerWindow, share: float, now: float, config: LearnerConfig) -> float:

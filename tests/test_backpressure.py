@@ -68,21 +68,28 @@ def test_three_workers_share_one_limit_deliver_near_it_and_lose_nothing(
     redis_url: str, redis_client: redis.Redis, sandbox: SandboxServer, tmp_path: Path
 ) -> None:
     # Three processes, not more: starting each costs seconds of CPU on a busy machine.
-    limit, events = 150, 750
+    limit, events = 100, 650
     sandbox.set_faults(rate_limit=limit, rate_limit_burst=limit // 5)
     enqueue(redis_url, events)
     workers = [spawn_worker(redis_url, sandbox.url, tmp_path) for _ in range(3)]
+    settle = 3.5
+    deadline = time.monotonic() + 30
+    while not sandbox.stats()["recorded"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(settle)
+    settled = sandbox.stats()
     for worker in workers:
         assert worker.wait(timeout=45) == 0, worker.output()
 
     assert len(sandbox.records()) == events
     assert read_accounting(redis_client, "payments").lost == 0
-    stats = sandbox.stats()
-    throttled = stats["by_status"].get("429", 0)
-    # Bounds looser than the benchmark's (90% of the limit, 5% of 429s over a long run):
-    # this run is short, its first seconds are learning, and the machine may be busy.
-    assert throttled <= 0.12 * stats["requests"], stats
-    rate = steady_rate(receive_times(sandbox), settle=2.0)
+    final = sandbox.stats()
+    # After the first seconds (slow start overshoots, then cuts): at most 10% of POSTs are
+    # 429 in this short run; bench/backpressure.py measures the 5% target over 30 s.
+    throttled = final["by_status"].get("429", 0) - settled["by_status"].get("429", 0)
+    posts = final["requests"] - settled["requests"]
+    assert throttled <= 0.10 * posts, (settled, final)
+    rate = steady_rate(receive_times(sandbox), settle=settle)
     assert 0.7 * limit <= rate <= 1.1 * limit, f"fleet delivered {rate:.0f}/s against {limit}"
 
 
