@@ -168,6 +168,10 @@ def run_scenario(
             recorded = stats["recorded"]
             if started is None:
                 if recorded == 0:
+                    dead = [p for p in procs if p.poll() is not None]
+                    if dead:
+                        log = (env.tmp / f"worker-{procs.index(dead[0])}.log").read_text()
+                        raise RuntimeError(f"a worker exited before delivering:\n{log[-2000:]}")
                     if now > deadline:
                         raise RuntimeError("no delivery within 60 s of starting the workers")
                     time.sleep(0.05)
@@ -348,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results.append(latency_step(env, max(15.0, seconds)))
     except Interrupted:
         progress("interrupted: partial results")
+    except Exception as exc:  # a failed scenario still shows the ones measured before it
+        progress(f"stopped by {type(exc).__name__}: {exc}; partial results")
     Console(width=160).print(table(results, (load_before, load_average())))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
