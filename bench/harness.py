@@ -105,13 +105,13 @@ class Children:
         self._procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(
-        self, argv: Sequence[str], *, env: dict[str, str], log: Path
+        self, argv: Sequence[str], *, env: dict[str, str], log: Path, cwd: Path = PROJECT_DIR
     ) -> subprocess.Popen[bytes]:
         with log.open("ab") as out:
             proc = subprocess.Popen(
                 list(argv),
                 env=env,
-                cwd=PROJECT_DIR,
+                cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -172,6 +172,9 @@ class BenchEnv(contextlib.ExitStack):
         self.latency_ms = latency_ms
         self.concurrency = concurrency or Settings.model_fields["concurrency"].default
         self.children = Children()
+        # The checkout whose worker runs (bench/perf17.py compares two in one run); its
+        # directory is the workers' working directory and first on their PYTHONPATH.
+        self.tree = PROJECT_DIR
         self.redis_server: RedisServer
         self.sandbox: SandboxProcess
         self.tmp: Path
@@ -223,7 +226,7 @@ class BenchEnv(contextlib.ExitStack):
     def base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("INGEST_", "RQ_"))}
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(PROJECT_DIR), os.environ.get("PYTHONPATH", "")) if p
+            p for p in (str(self.tree), str(PROJECT_DIR), os.environ.get("PYTHONPATH", "")) if p
         )
         return env
 
@@ -568,7 +571,7 @@ def drain(
     try:
         for i in range(processes):
             log = env.tmp / f"{system}-{os.getpid()}-{time.monotonic_ns()}-{i}.log"
-            procs.append(env.children.spawn(argv, env=child_env, log=log))
+            procs.append(env.children.spawn(argv, env=child_env, log=log, cwd=env.tree))
         monitor.pids = [p.pid for p in procs]
         monitor.others = {"sandbox": env.sandbox.pid or 0, "redis": env.redis_server.pid}
         monitor.start()  # a worker needs ~0.5 s to start: nothing is dequeued before this

@@ -1,11 +1,11 @@
-"""Client CPU per POST: our delivery path (httpx + httpx-aiohttp) vs plain aiohttp.
+"""Client CPU per POST: our delivery path vs a bare aiohttp loop.
 
     python bench/http_clients.py [--requests 5000] [--concurrency 128] [--latency-ms 50]
 
 The worker's hot path is one POST per event. This sends the same valid payments to the
 sandbox (in its own process) with ``--concurrency`` requests in flight, through
 
-- ``ingest.delivery.PaymentsClient`` over ``build_transport`` (what the worker uses), and
+- ``ingest.delivery.PaymentsClient`` over ``build_session`` (what the worker uses), and
 - one ``aiohttp.ClientSession`` (same connection limit), answers classified by the same
   ``ingest.delivery.classify``,
 
@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.harness import install_signal_handlers, make_payments, progress, ratio
-from ingest.delivery import PAYMENTS_PATH, PaymentsClient, build_transport, classify
+from ingest.delivery import PAYMENTS_PATH, PaymentsClient, build_session, classify
 from ingest.sandbox import DEFAULT_WEBSITE_KEY, Faults, SandboxConfig, SandboxProcess
 from ingest.settings import Settings
 
@@ -59,7 +59,7 @@ async def run_ours(url: str, bodies: Sequence[str], concurrency: int) -> tuple[f
     settings = Settings(
         api_url=url, api_key=SecretStr(DEFAULT_WEBSITE_KEY), concurrency=concurrency
     )
-    client = PaymentsClient(settings, build_transport(settings, concurrency=concurrency))
+    client = PaymentsClient(settings, build_session(settings, concurrency=concurrency))
     try:
 
         async def send(body: str) -> bool:
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     install_signal_handlers()
     clients = {
-        "ours: PaymentsClient (httpx + httpx-aiohttp)": run_ours,
+        "ours: PaymentsClient": run_ours,
         "plain aiohttp.ClientSession": run_aiohttp,
     }
     results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in clients}

@@ -828,7 +828,7 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import version
 
     out = {"python": platform.python_version(), "cpus": str(os.cpu_count())}
-    for package in ("rq", "redis", "httpx", "aiohttp", "httpx-aiohttp", "datafast-ingest"):
+    for package in ("rq", "redis", "httpx", "aiohttp", "datafast-ingest"):
         try:
             out[package] = version(package)
         except Exception:

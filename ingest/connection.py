@@ -10,6 +10,7 @@ the monitored primary, so a failover moves every process to the new primary by i
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -23,10 +24,48 @@ import redis.sentinel
 from .errors import ConfigurationError
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
+# scheme://user:password@ or scheme://password@ (which redis-py reads as a user name, but
+# which is more often a password written without the colon); and ?password=... in the query.
+_USERINFO = re.compile(r"^(?P<scheme>[^:/]*://)(?P<userinfo>[^@/]*)@")
+_QUERY_PASSWORD = re.compile(r"(?P<name>[?&]password=)[^&]*", re.IGNORECASE)
 # Answers with which Redis refuses a command for now, not for good: a primary without an
 # in-sync replica (min-replicas-to-write), a demoted primary, a script still running, a
 # server loading its data.
 _REFUSED_FOR_NOW = ("NOREPLICAS", "MASTERDOWN", "BUSY ", "TRYAGAIN", "LOADING")
+
+
+def redacted_url(url: str) -> str:
+    """``url`` fit to show: the password replaced by ``***``, the rest as written, e.g.
+    ``redis://:***@127.0.0.1:6379/0``. Works on a URL too malformed to connect with."""
+
+    def mask(found: re.Match[str]) -> str:
+        user, colon, _ = found["userinfo"].partition(":")
+        shown = f"{user}:***" if colon else "***"
+        return f"{found['scheme']}{shown}@"
+
+    return _QUERY_PASSWORD.sub(r"\g<name>***", _USERINFO.sub(mask, url, count=1))
+
+
+def check_url(url: str) -> None:
+    """Raise ``ValueError`` saying what is wrong unless :func:`connect` can use ``url``.
+
+    The message quotes the URL only through :func:`redacted_url`.
+    """
+    scheme = url.partition("://")[0] if "://" in url else ""
+    if scheme not in SCHEMES:
+        raise ValueError(
+            "must start with redis://, rediss://, unix:// or redis+sentinel://, "
+            f"got {redacted_url(url)!r}"
+        )
+    try:
+        if scheme in SENTINEL_SCHEMES:
+            parse_sentinel_url(url)
+        else:
+            redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+    except (ValueError, ConfigurationError) as exc:
+        reason = str(exc).rstrip(".")
+        raise ValueError(f"{reason[:1].lower()}{reason[1:]}: {redacted_url(url)!r}") from None
 
 
 def redis_unavailable(exc: BaseException) -> bool:
@@ -80,7 +119,12 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
             "a sentinel URL needs the service name: redis+sentinel://host:26379/mymaster/0",
             setting="INGEST_REDIS_URL",
         )
-    db = int(path[1]) if len(path) > 1 else 0
+    try:
+        db = int(path[1]) if len(path) > 1 else 0
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"the database must be a number, not {path[1]!r}", setting="INGEST_REDIS_URL"
+        ) from exc
     return SentinelTarget(hosts, path[0], db, password, username, parts.scheme.startswith("rediss"))
 
 

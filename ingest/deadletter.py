@@ -10,22 +10,27 @@ so never the API key. Key layout: :mod:`ingest.keys`; the atomic moves: :mod:`in
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
 from . import keys, scripts
 from .delivery import Outcome
-from .errors import NotFoundError
+from .errors import AmbiguousIdError, NotFoundError
 from .jobs import Claimed, job_args
-from .logs import scrub
+from .logs import REDACTED, scrub
+from .models import event_id
+from .personal import LetterMask
 from .timestamps import utc_iso
 
 _SCAN_CHUNK = 500
+# Characters a Redis MATCH pattern treats specially, escaped to match an id literally.
+_GLOB_SPECIAL = re.compile(r"[*?\[\]\\]")
 # Events per second a replay puts back on the queue (CLI and console alike).
 DEFAULT_REPLAY_RATE = 200.0
 
@@ -80,6 +85,13 @@ class DeadLetter:
         }
 
 
+def api_message(body: str, message: str) -> str:
+    """The API's message about the event whose request body is ``body``, as we keep it
+    (history, dead letter, pause reason): without keys, email addresses, or this event's
+    own customer name and email."""
+    return LetterMask.of(body).redact(scrub(message), REDACTED)
+
+
 def dead_record(
     claimed: Claimed,
     outcome: Outcome,
@@ -100,7 +112,7 @@ def dead_record(
         "data": claimed.data,
         "reason": reason,
         "status": outcome.status,
-        "error": scrub(outcome.message),
+        "error": api_message(claimed.body, outcome.message),
         "attempts": attempts,
         "first_attempt_at": history[0]["at"] if history else utc_iso(now),
         "last_attempt_at": utc_iso(now),
@@ -175,6 +187,7 @@ class DeadLetterStore:
         self._sleep = sleep
 
     def count(self) -> int:
+        """Every dead letter in the store (see :meth:`counts_by_reason` for a selection)."""
         return int(self.connection.hlen(self.keys.dead))
 
     def get(self, dead_id: str) -> DeadLetter:
@@ -186,6 +199,32 @@ class DeadLetterStore:
                 return matches[0]
             raise NotFoundError(f"no dead letter with id {dead_id!r}", id=dead_id)
         return DeadLetter.from_record(raw)
+
+    def find(self, dead_id: str) -> DeadLetter:
+        """Like :meth:`get`, and also by the start of an id, as long as no other id starts
+        the same way: :class:`AmbiguousIdError` says how many do."""
+        try:
+            return self.get(dead_id)
+        except NotFoundError:
+            if not dead_id:
+                raise
+        pattern = _GLOB_SPECIAL.sub(r"\\\g<0>", dead_id) + "*"
+        candidates = [
+            keys.text(member)
+            for member, _score in self.connection.zscan_iter(
+                self.keys.dead_index, match=pattern, count=_SCAN_CHUNK
+            )
+        ]
+        if len(candidates) > 1:
+            raise AmbiguousIdError(
+                f"{dead_id!r} is the start of {len(candidates)} dead-letter ids; "
+                "give more of the id",
+                id=dead_id,
+                candidates=len(candidates),
+            )
+        if candidates:
+            return self.get(candidates[0])
+        raise NotFoundError(f"no dead letter with id {dead_id!r}", id=dead_id)
 
     def iter(
         self, selection: DeadLetterFilter = DeadLetterFilter(), *, newest_first: bool = False
@@ -232,9 +271,10 @@ class DeadLetterStore:
                 break
         return out
 
-    def counts_by_reason(self) -> dict[str, int]:
+    def counts_by_reason(self, selection: DeadLetterFilter = DeadLetterFilter()) -> dict[str, int]:
+        """``reason (status)`` -> how many of the selected dead letters died so."""
         counts: dict[str, int] = {}
-        for letter in self.iter():
+        for letter in self.iter(selection):
             label = (
                 f"{letter.reason} ({letter.status if letter.status is not None else 'no answer'})"
             )
@@ -262,7 +302,9 @@ class DeadLetterStore:
         for start in range(0, len(pending), chunk):
             batch = pending[start : start + chunk]
             now = datetime.now().astimezone()
-            requeued = scripts.replay(self.connection, self.keys, batch, now=now)
+            requeued = scripts.replay(
+                self.connection, self.keys, batch, now=now, payments=self._payments_of(batch)
+            )
             result.requeued += len(requeued)
             result.ids.extend(requeued)
             if progress is not None:
@@ -275,8 +317,27 @@ class DeadLetterStore:
         result.skipped = result.selected - result.requeued
         return result
 
+    def _payments_of(self, ids: list[str]) -> dict[str, str]:
+        """Refund id -> the id of the payment it refunds, for the refunds among ``ids``."""
+        payments: dict[str, str] = {}
+        for job_id, raw in zip(ids, self.connection.hmget(self.keys.dead, ids), strict=True):
+            if raw is None:
+                continue
+            args = job_args(json.loads(raw)["data"])
+            body = json.loads(args.body)
+            if body.get("refunded") is True:
+                payments[job_id] = event_id(
+                    args.website_id, str(body.get("transaction_id", "")), refunded=False
+                )
+        return payments
+
     def purge(self, ids: Iterable[str]) -> int:
-        """Delete these dead letters for good; returns how many were removed."""
+        """Delete these dead letters for good; returns how many were removed.
+
+        A refund waiting (deferred) on a purged payment is dead-lettered with the reason
+        ``payment_purged`` rather than sent: a refund of a payment the API never recorded
+        would post revenue that never was. Replay it to send it anyway, or purge it too.
+        """
         removed = 0
         batch: list[str] = []
         for dead_id in ids:
@@ -289,4 +350,4 @@ class DeadLetterStore:
         return removed
 
     def _purge_batch(self, batch: list[str]) -> int:
-        return scripts.purge(self.connection, self.keys, batch)
+        return scripts.purge(self.connection, self.keys, batch, now=datetime.now(UTC))

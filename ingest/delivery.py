@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import httpx
+import yarl
 
 from .errors import AuthenticationError, ConfigurationError, DeliveryError
 from .ratelearner import allowed_rate
@@ -150,9 +152,15 @@ class Credentials:
         return self._header
 
     def params(self, website: str | None) -> str:
-        """The query string for one request (empty for a ``df_`` website key)."""
+        """The query string for one request.
+
+        A ``df_`` website key names its own website: an event without a website id goes
+        without ``websiteId``. An event that names one is sent with it even then, so that
+        the API refuses (403, which pauses that website) an event meant for another website
+        instead of recording it under the key's own.
+        """
         if not self.account_token:
-            return ""
+            return "" if website is None else f"?websiteId={quote(website)}"
         site = website or self.default_website
         if site is None:
             raise ConfigurationError(
@@ -162,53 +170,48 @@ class Credentials:
         return f"?websiteId={quote(site)}"
 
 
-def build_transport(settings: Settings, *, concurrency: int) -> httpx.AsyncBaseTransport:
-    """One pooled transport per worker process, sized to the number of requests in flight.
+def build_session(settings: Settings, *, concurrency: int) -> aiohttp.ClientSession:
+    """One pooled HTTP session per worker process, ~1 keep-alive connection per request in
+    flight. Call it inside the event loop that will use it (aiohttp binds it there).
 
-    httpx's own pool costs more per request as connections grow (rq-notes.md); the
-    httpx-aiohttp transport keeps httpx's request/response types over aiohttp's pool, with
-    ~1 keep-alive connection per request in flight.
+    ``INGEST_REQUEST_TIMEOUT`` bounds each request as a whole, connecting and waiting for a
+    pooled connection included. No cookie jar: the API sets none, and a jar is consulted on
+    every request and every answer.
     """
-    from httpx_aiohttp import AiohttpTransport
-
-    limits = httpx.Limits(
-        max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=30
+    connector = aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=30)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=settings.request_timeout),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("Accept-Encoding",),  # our answers are a few bytes of JSON
     )
-    return AiohttpTransport(limits=limits)
 
 
 class PaymentsClient:
     """Sends one payment per request and classifies the answer. Never raises for HTTP.
 
-    It talks to the pooled transport directly: ``httpx.AsyncClient``'s per-request layers
-    (URL merging, cookie jar, auth and redirect hooks) cost more CPU than the request itself
-    at a thousand requests a second (bench/http_clients.py), and a payments POST needs none
-    of them.
+    Straight over an ``aiohttp.ClientSession``: at a thousand requests a second httpx's
+    request and response models (and the httpx-aiohttp transport between the two) cost
+    about a fifth of the worker's CPU (bench/profile_worker.py), for a POST that needs none
+    of them. The session is built on the first :meth:`send` unless one is given.
     """
 
-    def __init__(
-        self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession | None = None) -> None:
         self._credentials = Credentials(settings)
-        self._transport = transport or build_transport(settings, concurrency=settings.concurrency)
+        self._settings = settings
+        self._session = session
         self._base = settings.api_url + PAYMENTS_PATH
-        self._urls: dict[str | None, httpx.URL] = {}
-        self._headers = httpx.Headers(
-            {
-                **self._credentials.headers,
-                "User-Agent": USER_AGENT,
-                "Content-Type": "application/json",
-            }
-        )
-        seconds = settings.request_timeout
-        self._extensions = {
-            "timeout": {"connect": seconds, "read": seconds, "write": seconds, "pool": seconds}
+        self._urls: dict[str | None, yarl.URL] = {}
+        self._headers = {
+            **self._credentials.headers,
+            "User-Agent": USER_AGENT,
+            "Content-Type": "application/json",
         }
 
-    def _url(self, website: str | None) -> httpx.URL:
+    def _url(self, website: str | None) -> yarl.URL:
         url = self._urls.get(website)
         if url is None:
-            url = self._urls[website] = httpx.URL(self._base + self._credentials.params(website))
+            url = self._urls[website] = yarl.URL(self._base + self._credentials.params(website))
         return url
 
     async def send(self, body: str | bytes, website: str | None) -> Outcome:
@@ -217,24 +220,24 @@ class PaymentsClient:
             url = self._url(website)
         except ConfigurationError as exc:
             return Outcome(Verdict.AUTH, None, str(exc))
-        request = httpx.Request(
-            "POST", url, content=content, headers=self._headers, extensions=self._extensions
-        )
+        session = self._session
+        if session is None:
+            session = self._session = build_session(
+                self._settings, concurrency=self._settings.concurrency
+            )
         try:
-            response = await self._transport.handle_async_request(request)
-            try:
-                payload = await response.aread()
-            finally:
-                await response.aclose()
-        except (httpx.HTTPError, OSError, TimeoutError) as exc:
+            async with session.post(url, data=content, headers=self._headers) as response:
+                payload = await response.read()
+                status = response.status
+                headers = response.headers
+                retry_after = headers.get("Retry-After")
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             return classify(None, error=describe_transport_error(exc))
-        headers = response.headers
-        return classify(
-            response.status_code, payload, headers.get("retry-after"), header=headers.get
-        )
+        return classify(status, payload, retry_after, header=headers.get)
 
     async def aclose(self) -> None:
-        await self._transport.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
 @functools.lru_cache(maxsize=4)
@@ -245,25 +248,41 @@ def _sync_client(pid: int, settings: Settings) -> tuple[Credentials, httpx.Clien
     return Credentials(settings), client
 
 
-def deliver_payment(body: str, website: str | None = None) -> str:
-    """Deliver one event synchronously: what a plain ``rq worker`` runs for our jobs.
-
-    Our own worker never calls this (it sends many events at once); it exists so that RQ's
-    stock tooling can still process the queue, one job at a time. Raises
-    :class:`DeliveryError` on anything but a delivery, so RQ records the failure.
-    """
-    credentials, client = _sync_client(os.getpid(), Settings())
+def send_payment(settings: Settings, body: str, website: str | None = None) -> Outcome:
+    """Send one event synchronously and classify the answer. Never raises for HTTP."""
+    credentials, client = _sync_client(os.getpid(), settings)
+    try:
+        params = credentials.params(website)
+    except ConfigurationError as exc:
+        return Outcome(Verdict.AUTH, None, str(exc))
     try:
         response = client.post(
-            PAYMENTS_PATH + credentials.params(website),
+            PAYMENTS_PATH + params,
             content=body.encode(),
             headers={**credentials.headers, "Content-Type": "application/json"},
         )
-        outcome = classify(
-            response.status_code, response.content, response.headers.get("retry-after")
-        )
     except httpx.HTTPError as exc:
-        outcome = classify(None, error=describe_transport_error(exc))
+        return classify(None, error=describe_transport_error(exc))
+    return classify(response.status_code, response.content, response.headers.get("retry-after"))
+
+
+def deliver_payment(body: str, website: str | None = None) -> Any:
+    """Deliver one event synchronously: what a plain ``rq worker`` runs for our jobs.
+
+    Our own worker never calls this (it sends many events at once). Run by RQ, the outcome
+    is settled in our keys as our worker would (:mod:`ingest.rqjob`): delivered, dead-lettered,
+    or handed back to RQ as an ``rq.Retry``. Called directly, it returns the API's message,
+    and raises :class:`DeliveryError` on anything but a delivery.
+    """
+    from rq import get_current_job
+
+    settings = Settings()
+    outcome = send_payment(settings, body, website)
+    job = get_current_job()
+    if job is not None:
+        from .rqjob import settle_in_rq
+
+        return settle_in_rq(job, settings, outcome)
     if outcome.verdict.delivered:
         return outcome.message
     error_class = AuthenticationError if outcome.verdict is Verdict.AUTH else DeliveryError

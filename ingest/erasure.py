@@ -4,7 +4,9 @@ An erasure request ("delete everything about visitor X") must also stop us from 
 events later: so :func:`delete_payments` first erases matching events from our queue, retry
 schedule, deferred and parked lists and the dead-letter store (each atomically, counted as
 ``erased``), then sends the DELETE. An event a worker is sending at that very moment cannot be
-recalled; it is reported as ``in_flight`` so the caller can repeat the delete.
+recalled; it is reported as ``in_flight`` so the caller can repeat the delete. A refund
+waiting (deferred) on an erased payment is dead-lettered with the reason ``payment_erased``:
+its payment will never be sent, and it does not itself match the request, so a person decides.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -129,7 +131,7 @@ def erase_local(connection: redis.Redis, queue: str, request: DeleteRequest) -> 
     k = keys.QueueKeys(queue)
     result = DeleteResult(request="", sent=False)
     for job_id in set(_candidates(connection, k, request)):
-        place = erase(connection, k, job_id)
+        place = erase(connection, k, job_id, now=datetime.now(UTC))
         if place is None:
             continue
         if place == "in_flight":

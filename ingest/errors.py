@@ -5,12 +5,17 @@ The class says what the caller should do; the attributes say what caused it::
     IngestError
      +-- ValidationError           (also a ValueError) a payment refused before the queue
      +-- ConfigurationError        the settings cannot work
+     |    +-- SettingsError        INGEST_* variables with values that cannot be used
      +-- QueueUnavailableError     Redis unreachable and the event kept nowhere else
      |    +-- SpoolFullError       ... and the local spool is full: the event was NOT kept
      +-- DeliveryError             the Payments API refused or failed a request
      |    +-- AuthenticationError  401/403: sending is paused, nothing dropped
      +-- UnsafeDeleteError         a delete across all time without saying so
      +-- NotFoundError             no such dead letter or job
+     +-- AmbiguousIdError          the start of an id that several ids share
+     +-- ImportFileError           a file to import that cannot be read as payments at all
+     +-- MalformedRequestError     (also a ValueError) a console request whose header
+     |                             cannot be read: answered 400
      +-- RedisStartError           the embedded redis-server did not come up
           +-- _PortInUseError      (private, ingest.embedded) retried on another port
 """
@@ -47,6 +52,24 @@ class ConfigurationError(IngestError):
     def __init__(self, message: str, *, setting: str | None = None) -> None:
         self.setting = setting
         super().__init__(message)
+
+
+class SettingsError(ConfigurationError):
+    """``INGEST_*`` settings whose values cannot be used: a word where a number belongs, a
+    value out of range, a URL Redis cannot take.
+
+    ``problems`` maps each variable's name to what is wrong with it, every bad variable at
+    once; a secret's value is never quoted.
+    """
+
+    def __init__(self, problems: Mapping[str, str]) -> None:
+        self.problems: dict[str, str] = dict(problems)
+        super().__init__("; ".join(self.lines), setting=next(iter(self.problems), None))
+
+    @property
+    def lines(self) -> list[str]:
+        """``INGEST_CONCURRENCY: must be an integer, got 'abc'``, one per bad variable."""
+        return [f"{name}: {reason}" for name, reason in self.problems.items()]
 
 
 class QueueUnavailableError(IngestError):
@@ -88,5 +111,33 @@ class NotFoundError(IngestError):
         super().__init__(message)
 
 
+class AmbiguousIdError(IngestError):
+    """The start of an id that ``candidates`` ids share: give more of it."""
+
+    def __init__(self, message: str, *, id: str, candidates: int) -> None:
+        self.id = id
+        self.candidates = candidates
+        super().__init__(message)
+
+
+class ImportFileError(IngestError):
+    """A file to import that cannot be read as payments at all (not UTF-8, a CSV header
+    without a required column, a JSON array that does not parse): nothing was enqueued."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
+        super().__init__(message)
+
+
 class RedisStartError(IngestError):
     """redis-server did not come up; the message carries the tail of its log."""
+
+
+class MalformedRequestError(IngestError, ValueError):
+    """A request to the console carries a header that cannot be read as what it claims to
+    be (``Host: [evil``, ``Referer: http://[x``); the console answers 400. ``header``
+    names it; its value is never quoted back."""
+
+    def __init__(self, header: str) -> None:
+        self.header = header
+        super().__init__(f"malformed {header} header")

@@ -8,7 +8,9 @@ that writes ``data`` or reads it back goes through here.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -38,9 +40,23 @@ def job_data(payment: Payment) -> str:
     )
 
 
+def job_data_text(data: bytes | str) -> str:
+    """A job's ``data`` as the JSON text we wrote.
+
+    RQ writes ``data`` zlib-compressed whenever it saves a job itself (a plain ``rq worker``
+    scheduling a retry, ``rq requeue``); ours is plain JSON, which always starts with ``[``.
+    """
+    if isinstance(data, bytes):
+        if not data.startswith(b"["):
+            with contextlib.suppress(zlib.error):
+                data = zlib.decompress(data)
+        return data.decode()
+    return data
+
+
 def job_args(data: bytes | str) -> JobArgs:
     """The arguments back from a job's ``data`` (or a dead letter's copy of it)."""
-    _function, _instance, args, _kwargs = json.loads(data)
+    _function, _instance, args, _kwargs = json.loads(job_data_text(data))
     # deliver_payment's website is optional: a job may carry the body alone.
     return JobArgs(args[0], args[1] if len(args) > 1 else None)
 
@@ -72,7 +88,7 @@ class Claimed:
     def from_fields(
         cls, job_id: bytes, data: bytes, website: bytes, attempts: bytes, history: bytes
     ) -> Claimed:
-        text = data.decode()
+        text = job_data_text(data)
         args = job_args(text)
         history_raw = history.decode() if history else ""
         return cls(

@@ -10,11 +10,14 @@ lines on stderr through structlog. Either way every line is redacted before it l
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any
+
+from .personal import EMAIL_PATTERN
 
 LOGGER_NAME = "ingest"
 # Without a handler of its own, a record the host does not handle reaches logging's "last
@@ -39,13 +42,20 @@ _SENSITIVE_FIELDS = frozenset(
 )
 # Anything that looks like a DataFast key or bearer header, wherever it appears in a message.
 _SECRET_PATTERN = re.compile(r"\b(dft?_[A-Za-z0-9_\-]{4,})|(Bearer\s+\S+)", re.IGNORECASE)
-_EMAIL_PATTERN = re.compile(r"[\w.+\-]+@[\w\-]+\.[\w.\-]+")
 REDACTED = "[redacted]"
 
 
 def scrub(text: str) -> str:
-    """Remove keys, bearer tokens and email addresses from free text."""
-    return _EMAIL_PATTERN.sub(REDACTED, _SECRET_PATTERN.sub(REDACTED, text))
+    """Remove keys, bearer tokens and email addresses (any local part, any host: see
+    :data:`ingest.personal.EMAIL_PATTERN`) from free text. A name cannot be told from other
+    words without knowing it: :class:`ingest.personal.LetterMask` removes an event's own."""
+    return EMAIL_PATTERN.sub(REDACTED, _SECRET_PATTERN.sub(REDACTED, text))
+
+
+def fingerprint(text: str) -> str:
+    """A short hash of a message, for a log line: it tells equal messages apart from
+    different ones (and matches the stored one) without saying what the message is."""
+    return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:12]
 
 
 def _clean(value: Any) -> Any:

@@ -184,19 +184,27 @@ def validate_payment(
     )
 
 
+# The fields a mapping (a CSV header, a JSON object) may name, and those it must.
+FIELD_NAMES = (*_FIELDS, "customer_email", "customer_name")
+REQUIRED_FIELDS = ("amount", "currency", "transaction_id")
+
+
 def payment_from_mapping(data: dict[str, Any], *, now: datetime | None = None) -> Payment:
     """Validate a mapping that uses the API's field names (CSV rows, JSON lines).
 
     Unknown fields are an error: a typo such as ``ammount`` must not be silently dropped.
+    Like :func:`validate_payment`, every bad, missing and unknown field is reported at once.
     """
-    known = {*_FIELDS, "customer_email", "customer_name"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValidationError({field: "unknown field" for field in unknown})
-    missing = [f for f in ("amount", "currency", "transaction_id") if f not in data]
-    if missing:
-        raise ValidationError({field: "is required" for field in missing})
-    return validate_payment(**data, now=now)
+    errors = {field: "unknown field" for field in sorted(set(data) - set(FIELD_NAMES))}
+    known = {k: v for k, v in data.items() if k in FIELD_NAMES}
+    missing = {field: "is required" for field in REQUIRED_FIELDS if field not in known}
+    try:
+        payment = validate_payment(**{**dict.fromkeys(REQUIRED_FIELDS), **known}, now=now)
+    except ValidationError as exc:
+        raise ValidationError({**exc.errors, **missing, **errors}) from None
+    if errors:
+        raise ValidationError(errors)
+    return payment
 
 
 class _Invalid(Exception):

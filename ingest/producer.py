@@ -246,6 +246,19 @@ class _ProducerBase:
     def _spool_only(self, payments: list[Payment]) -> list[Receipt]:
         return self._spooled(payments, None)
 
+    def _behind_spool(self, payments: list[Payment]) -> bool:
+        """Whether a refund here must follow events still on disk instead of going to Redis.
+
+        A payment spooled by any process sharing this spool directory is not in Redis yet,
+        so a refund sent now could not wait for it; spooled too, it is flushed after every
+        spooled payment (see :meth:`Spool.flush`). Costs a directory listing, refunds only.
+        """
+        return (
+            self.spool is not None
+            and any(p.refunded for p in payments)
+            and self.spool.holds_events()
+        )
+
     def start_background_flush(self) -> None:
         """Move spooled events into Redis on a daemon thread (one at a time per producer)."""
         if self.spool is None:
@@ -285,6 +298,8 @@ class _ProducerBase:
             result = self.spool.flush(flusher.enqueue_many)
         finally:
             connection.close()
+        if result.held_back:
+            self._spool_dirty = True  # the next successful enqueue flushes again
         metrics.SPOOL_EVENTS.set(self.spool.pending())
         return result
 
@@ -311,7 +326,7 @@ class Producer(_ProducerBase):
 
     def enqueue(self, payment: Payment) -> Receipt:
         """Put one validated event on the queue: one round trip (``EVALSHA``), or the spool."""
-        if not self.breaker.allow():
+        if not self.breaker.allow() or self._behind_spool([payment]):
             return self._spool_only([payment])[0]
         call = self._script_call(payment)
         try:
@@ -337,7 +352,7 @@ class Producer(_ProducerBase):
         batch = list(payments)
         if not batch:
             return []
-        if not self.breaker.allow():
+        if not self.breaker.allow() or self._behind_spool(batch):
             return self._spool_only(batch)
         try:
             results = self._pipelined(batch)
@@ -412,7 +427,7 @@ class AsyncProducer(_ProducerBase):
 
     async def enqueue(self, payment: Payment) -> Receipt:
         self._bind()
-        if not self.breaker.allow():
+        if not self.breaker.allow() or self._behind_spool([payment]):
             return self._spool_only([payment])[0]
         call = self._script_call(payment)
         try:
@@ -439,7 +454,7 @@ class AsyncProducer(_ProducerBase):
         batch = list(payments)
         if not batch:
             return []
-        if not self.breaker.allow():
+        if not self.breaker.allow() or self._behind_spool(batch):
             return self._spool_only(batch)
         try:
             results = await self._pipelined(batch)

@@ -19,17 +19,19 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date).
 
     Returns ``None`` for a missing or unreadable header; a date in the past gives 0.
+    Delta-seconds are ASCII digits only (RFC 9110): ``str.isdigit`` would also accept ``²``
+    or ``١٢``, which ``float`` then rejects or misreads.
     """
     if value is None:
         return None
     text = value.strip()
     if not text:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return float(text)
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

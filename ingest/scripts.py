@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -25,7 +25,17 @@ import redis.asyncio
 from redis.exceptions import NoScriptError
 
 from .jobs import Claimed
-from .keys import JOB_PREFIX, RQ_QUEUES, QueueKeys, job_key, send_rate, text
+from .keys import (
+    JOB_PREFIX,
+    LEASE_SCORE_OFFSET,
+    MINUTE_TTL,
+    RQ_QUEUES,
+    QueueKeys,
+    job_key,
+    minute_of,
+    send_rate,
+    text,
+)
 from .timestamps import RQ_TIMESPEC, utc_iso
 
 # Due retries CLAIM moves to the queue, and expired leases RECLAIM returns, per call.
@@ -62,6 +72,84 @@ class Script:
             return await conn.evalsha(self.sha, len(keys), *keys, *args)
 
 
+# -- refunds deferred on a payment ----------------------------------------------------------------
+
+
+def _lua_string(value: str) -> str:
+    # Key names are ASCII, for which a JSON string literal is also a Lua one.
+    return json.dumps(value)
+
+
+def _queue_key_function(lua_name: str, attribute: str) -> str:
+    """A Lua function giving one of :class:`QueueKeys`' keys for any queue name, so a script
+    can reach another queue's keys while the names stay defined in :mod:`ingest.keys`."""
+    prefix, _, suffix = getattr(QueueKeys("\0"), attribute).partition("\0")
+    return (
+        f"local function {lua_name}(q) return {_lua_string(prefix)} .. q .. "
+        f"{_lua_string(suffix)} end\n"
+    )
+
+
+# The dead-letter reasons of a refund whose payment left unsent.
+PAYMENT_PURGED = "payment_purged"
+PAYMENT_ERASED = "payment_erased"
+
+# A refund deferred on a payment waits in its own queue's deferred registry (the job's
+# ``origin``): a refund may be enqueued in another queue than its payment, while job hashes
+# and dependents sets are shared by all queues. When the payment is delivered the refund is
+# queued; when the payment leaves for good unsent (an operator's purge, an erasure) the refund
+# is dead-lettered with that reason, never sent without its payment; while the payment is
+# dead the refund stays deferred, waiting for an operator's replay or purge.
+DEPENDENTS = (
+    f"local DEPENDENTS_JOB_PREFIX = {_lua_string(JOB_PREFIX)}\n"
+    f"local PAYMENT_PURGED = {_lua_string(PAYMENT_PURGED)}\n"
+    f"local PAYMENT_ERASED = {_lua_string(PAYMENT_ERASED)}\n"
+    + _queue_key_function("queue_key_of", "queue")
+    + _queue_key_function("deferred_key_of", "deferred")
+    + _queue_key_function("dead_key_of", "dead")
+    + _queue_key_function("dead_index_key_of", "dead_index")
+    + _queue_key_function("stats_key_of", "stats")
+    + """
+local function each_deferred_dependent(id, fn)
+  local dkey = DEPENDENTS_JOB_PREFIX .. id .. ':dependents'
+  for _, dep in ipairs(redis.call('SMEMBERS', dkey)) do
+    local origin = redis.call('HGET', DEPENDENTS_JOB_PREFIX .. dep, 'origin')
+    if origin and redis.call('ZREM', deferred_key_of(origin), dep) == 1 then
+      fn(dep, origin)
+    end
+  end
+  redis.call('DEL', dkey)
+end
+local function release_dependents(id)
+  each_deferred_dependent(id, function(dep, origin)
+    redis.call('HSET', DEPENDENTS_JOB_PREFIX .. dep, 'status', 'queued')
+    redis.call('RPUSH', queue_key_of(origin), dep)
+  end)
+end
+local function transaction_of(data)
+  local ok, call = pcall(cjson.decode, data)
+  if not ok or type(call) ~= 'table' or type(call[3]) ~= 'table' then return '' end
+  local ok_body, body = pcall(cjson.decode, call[3][1])
+  if not ok_body or type(body) ~= 'table' then return '' end
+  return body['transaction_id'] or ''
+end
+local function dead_letter_dependents(id, reason, message, now, now_iso)
+  each_deferred_dependent(id, function(dep, origin)
+    local key = DEPENDENTS_JOB_PREFIX .. dep
+    local f = redis.call('HMGET', key, 'data', 'website')
+    local record = cjson.encode({job_id = dep, transaction_id = transaction_of(f[1]),
+      website = f[2] or '-', data = f[1], reason = reason, error = message, attempts = 0,
+      first_attempt_at = '', last_attempt_at = '', dead_at = now_iso})
+    redis.call('HSET', dead_key_of(origin), dep, record)
+    redis.call('ZADD', dead_index_key_of(origin), now, dep)
+    redis.call('DEL', key)
+    redis.call('HINCRBY', stats_key_of(origin), 'dead_lettered', 1)
+  end)
+end
+"""
+)
+
+
 # -- ENQUEUE -------------------------------------------------------------------------------------
 
 # Enqueue one event, or report it as a duplicate.
@@ -73,8 +161,11 @@ class Script:
 # Returns 1 queued, 2 deferred (a refund waiting for its payment), 0 duplicate.
 # This is the checkout's hot path: every argument costs latency, so the queue is entered in
 # RQ's ``rq:queues`` set by the worker at start and by REPLAY, not on every enqueue.
-# A refund whose payment is still in the system (queued, in flight, scheduled for retry) waits
-# in RQ's deferred registry and is released when that payment is delivered or dead-lettered.
+# A refund whose payment is still in the system (queued, in flight, scheduled for retry,
+# parked) or dead-lettered waits in RQ's deferred registry (see ``DEPENDENTS``): it is queued
+# once that payment is delivered. A dead payment's dependents set outlives its job hash, so a
+# payment dead in another queue is seen too once one refund waits on it. A refund's job hash
+# names its payment (``payment_id``).
 ENQUEUE = """
 local job_key, queue_key, stats_key, done_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local dead_key, payment_key, deferred_key = KEYS[5], KEYS[6], KEYS[7]
@@ -86,13 +177,19 @@ if redis.call('EXISTS', job_key) == 1 or redis.call('EXISTS', done_key) == 1
   return 0
 end
 local status = 'queued'
-if is_refund and redis.call('EXISTS', payment_key) == 1 then
+local payment_id = is_refund and string.match(payment_key, '([^:]+)$')
+if is_refund and (redis.call('EXISTS', payment_key) == 1
+    or redis.call('HEXISTS', dead_key, payment_id) == 1
+    or redis.call('EXISTS', payment_key .. ':dependents') == 1) then
   status = 'deferred'
 end
 redis.call('HSET', job_key, 'data', data, 'created_at', now_iso, 'enqueued_at', now_iso,
   'origin', queue_name, 'status', status, 'description', description, 'result_ttl', '0',
   'timeout', '60', 'website', website, 'attempts', '0')
 redis.call('HINCRBY', stats_key, 'enqueued', 1)
+if is_refund then
+  redis.call('HSET', job_key, 'payment_id', payment_id)
+end
 if status == 'deferred' then
   redis.call('SADD', payment_key .. ':dependents', id)
   redis.call('ZADD', deferred_key, now, id)
@@ -174,20 +271,44 @@ class Enqueue:
         pipe.evalsha(self.script.sha, len(keys), *keys, *args)
 
 
+def lease_score(lease_until: float) -> float:
+    """A lease's score in RQ's started registry: its expiry past RQ's cleanup's reach."""
+    return lease_until + LEASE_SCORE_OFFSET
+
+
+async def renew(
+    conn: redis.asyncio.Redis,
+    keys: QueueKeys,
+    job_ids: Iterable[str],
+    *,
+    worker: str,
+    lease_until: float,
+) -> None:
+    """Extend ``worker``'s leases on these events to ``lease_until``; a lease already gone
+    (expired and reclaimed, or acknowledged) is not recreated."""
+    score = lease_score(lease_until)
+    members = {f"{job_id}:{worker}": score for job_id in job_ids}
+    if members:
+        await conn.zadd(keys.started, members, xx=True)
+
+
 # -- CLAIM ---------------------------------------------------------------------------------------
 
 # Claim up to N events for one worker, after promoting retries that are due.
 # KEYS: 1 rq:queue:{q}  2 rq:wip:{q}  3 rq:scheduled:{q}  4 ingest:{q}:paused
-# ARGV: 1 now (unix)  2 lease expiry (unix)  3 worker name  4 N  5 job key prefix
-#       6 parked key prefix  7 promotion limit
+# ARGV: 1 now (unix)  2 lease score (expiry + LEASE_SCORE_OFFSET)  3 worker name  4 N
+#       5 job key prefix  6 parked key prefix  7 promotion limit  8 now (RQ's ISO format)
 # Returns a flat array: id, data, website, attempts, history ... per event.
 # Each claimed event is in RQ's started registry as "{id}:{worker}" scored by its lease
-# expiry; if the worker dies the lease runs out and RECLAIM puts the event back.
+# expiry plus LEASE_SCORE_OFFSET (out of reach of RQ's own cleanup, see keys.py); if the
+# worker dies the lease runs out and RECLAIM puts the event back. ``started_at`` is in RQ's
+# format (rq.utils.utcformat), so that RQ's tools can load the job.
 # Events of a website paused for an auth failure are moved aside to its parked list.
 CLAIM = """
 local queue_key, started_key, scheduled_key, paused_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, lease_until, worker, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local job_prefix, parked_prefix, promote_limit = ARGV[5], ARGV[6], tonumber(ARGV[7])
+local now_iso = ARGV[8]
 local due = redis.call('ZRANGEBYSCORE', scheduled_key, '-inf', now, 'LIMIT', 0, promote_limit)
 if #due > 0 then
   redis.call('ZREM', scheduled_key, unpack(due))
@@ -210,7 +331,7 @@ for _, id in ipairs(ids) do
       redis.call('RPUSH', parked_prefix .. website, id)
       redis.call('HSET', key, 'status', 'parked')
     else
-      redis.call('HSET', key, 'status', 'started', 'started_at', now)
+      redis.call('HSET', key, 'status', 'started', 'started_at', now_iso)
       lease[#lease + 1] = lease_until
       lease[#lease + 1] = id .. ':' .. worker
       out[#out + 1] = id
@@ -243,7 +364,16 @@ async def claim(
     rows = await _CLAIM.run_async(
         conn,
         (keys.queue, keys.started, keys.scheduled, keys.paused),
-        (now, lease_until, worker, limit, JOB_PREFIX, keys.parked_prefix, _BATCH_LIMIT),
+        (
+            now,
+            lease_score(lease_until),
+            worker,
+            limit,
+            JOB_PREFIX,
+            keys.parked_prefix,
+            _BATCH_LIMIT,
+            utc_iso(now, timespec=RQ_TIMESPEC),
+        ),
     )
     return [
         Claimed.from_fields(*rows[i : i + _CLAIM_FIELDS])
@@ -256,7 +386,7 @@ async def claim(
 # Record the outcome of a batch of finished requests.
 # KEYS: 1 rq:wip:{q}  2 rq:queue:{q}  3 rq:scheduled:{q}  4 ingest:{q}:stats
 #       5 ingest:{q}:dead  6 ingest:{q}:dead:index  7 rq:deferred:{q}  8 ingest:{q}:rate
-#       9 ingest:{q}:paused
+#       9 ingest:{q}:paused  10 ingest:{q}:minute:{m} (the minute of ``now``)
 # ARGV: 1 now (unix)  2 worker name  3 dedup window (s)  4 done key prefix  5 job key prefix
 #       6 parked key prefix  7 JSON array of outcomes, each one of
 #         ["ok", id, api_duplicate]                      delivered
@@ -264,32 +394,26 @@ async def claim(
 #         ["dead", id, record]                           permanent or exhausted
 #         ["return", id]                                 not sent (shutdown): back to the front
 #         ["park", id, website, reason]                  auth failure: pause the website
-# Delivering or dead-lettering a payment releases a refund deferred on it (RQ's dependents
-# set), even one enqueued while the payment was in flight.
+#       8 the minute key's expiry (s)
+# Delivering a payment releases a refund deferred on it (RQ's dependents set), even one
+# enqueued while the payment was in flight, into the refund's own queue. Dead-lettering it
+# does not: the refund stays deferred until the payment is replayed and delivered, or purged.
 # An outcome only counts if the worker still holds the event's lease (ZREM removed it); if
 # the lease ran out and another worker took the event over, that worker reports it instead.
+# The batch's deliveries and dead letters are added to its minute for the console's charts:
+# one HINCRBY per kind per batch, and an EXPIRE only by the write that creates a field (so
+# at most once per field per minute; every write that can create the key creates a field).
 ACK = """
 local started_key, queue_key, scheduled_key, stats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local dead_key, dead_index_key, deferred_key = KEYS[5], KEYS[6], KEYS[7]
 local rate_key, paused_key = KEYS[8], KEYS[9]
+local minute_key, minute_ttl = KEYS[10], ARGV[8]
 local now, worker, window = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local done_prefix, job_prefix, parked_prefix = ARGV[4], ARGV[5], ARGV[6]
 local outcomes = cjson.decode(ARGV[7])
 local counts = {delivered = 0, api_duplicates = 0, retried = 0, dead_lettered = 0}
 local suffix = ':' .. worker
 local stale = 0
-local function release(id)
-  local dkey = job_prefix .. id .. ':dependents'
-  if redis.call('EXISTS', dkey) == 0 then return end
-  local deps = redis.call('SMEMBERS', dkey)
-  for _, dep in ipairs(deps) do
-    if redis.call('ZREM', deferred_key, dep) == 1 then
-      redis.call('HSET', job_prefix .. dep, 'status', 'queued')
-      redis.call('RPUSH', queue_key, dep)
-    end
-  end
-  redis.call('DEL', dkey)
-end
 for _, o in ipairs(outcomes) do
   local kind, id = o[1], o[2]
   if redis.call('ZREM', started_key, id .. suffix) == 0 then
@@ -297,7 +421,7 @@ for _, o in ipairs(outcomes) do
   elseif kind == 'ok' then
     redis.call('DEL', job_prefix .. id)
     if window > 0 then redis.call('SET', done_prefix .. id, '1', 'EX', window) end
-    release(id)
+    release_dependents(id)
     counts.delivered = counts.delivered + 1
     if o[3] == 1 then counts.api_duplicates = counts.api_duplicates + 1 end
   elseif kind == 'retry' then
@@ -308,7 +432,6 @@ for _, o in ipairs(outcomes) do
     redis.call('HSET', dead_key, id, o[3])
     redis.call('ZADD', dead_index_key, now, id)
     redis.call('DEL', job_prefix .. id)
-    release(id)
     counts.dead_lettered = counts.dead_lettered + 1
   elseif kind == 'return' then
     redis.call('HSET', job_prefix .. id, 'status', 'queued')
@@ -325,9 +448,15 @@ end
 if counts.delivered > 0 then
   redis.call('HINCRBY', rate_key, math.floor(tonumber(now)), counts.delivered)
 end
+for _, field in ipairs({'delivered', 'dead_lettered'}) do
+  local n = counts[field]
+  if n > 0 and redis.call('HINCRBY', minute_key, field, n) == n then
+    redis.call('EXPIRE', minute_key, minute_ttl)
+  end
+end
 return stale
 """
-_ACK = Script(ACK)
+_ACK = Script(DEPENDENTS + ACK)
 
 
 class AckKind(StrEnum):
@@ -428,6 +557,7 @@ async def ack(
             keys.deferred,
             keys.rate,
             keys.paused,
+            keys.minute(minute_of(now)),
         ),
         (
             now,
@@ -437,6 +567,7 @@ async def ack(
             JOB_PREFIX,
             keys.parked_prefix,
             json.dumps([outcome.entry() for outcome in batch]),
+            MINUTE_TTL,
         ),
     )
     return int(stale)
@@ -444,14 +575,26 @@ async def ack(
 
 # -- RECLAIM -------------------------------------------------------------------------------------
 
-# Put back every event whose lease ran out (its worker died or hung).
-# KEYS: 1 rq:wip:{q}  2 rq:queue:{q}
-# ARGV: 1 now (unix)  2 limit  3 job key prefix
+# Put back every event whose lease ran out (its worker died or hung), then sample the queue.
+# KEYS: 1 rq:wip:{q}  2 rq:queue:{q}  3 ingest:{q}:minute:{m} (the minute of ``now``)
+# ARGV: 1 now (unix)  2 limit  3 job key prefix  4 the minute key's expiry (s)
+#       5 LEASE_SCORE_OFFSET
 # Returns how many events went back on the queue (at the front: they are the oldest).
+# Our leases are scored from LEASE_SCORE_OFFSET up; an entry scored below it that has
+# expired (a lease written before the offset existed) goes back to the queue too, before
+# RQ's cleanup would move it to rq:failed.
+# Every worker runs this in its housekeeping (every lease/4 s), which makes it the sampler of
+# the console's gauge charts: the queue's length and its head's age (from RQ's
+# ``enqueued_at``, %Y-%m-%dT%H:%M:%S.%fZ in UTC) are kept in the minute's hash if larger
+# than what an earlier sample of that minute (by any worker) left there.
 RECLAIM = """
 local started_key, queue_key = KEYS[1], KEYS[2]
-local now, limit, job_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local expired = redis.call('ZRANGEBYSCORE', started_key, '-inf', now, 'LIMIT', 0, limit)
+local now, limit, job_prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local minute_key, minute_ttl = KEYS[3], ARGV[4]
+local offset = tonumber(ARGV[5])
+local expired = redis.call('ZRANGEBYSCORE', started_key, offset, offset + now, 'LIMIT', 0, limit)
+local older = redis.call('ZRANGEBYSCORE', started_key, '-inf', now, 'LIMIT', 0, limit)
+for _, member in ipairs(older) do expired[#expired + 1] = member end
 local n = 0
 for _, member in ipairs(expired) do
   redis.call('ZREM', started_key, member)
@@ -462,6 +605,30 @@ for _, member in ipairs(expired) do
     n = n + 1
   end
 end
+local function unix_time(rq_time)  -- days from the civil date (H. Hinnant), no os.time here
+  local y, mo, d, h, mi, s = string.match(rq_time, '^(%d+)-(%d+)-(%d+)T(%d+):(%d+):([%d.]+)')
+  if not y then return nil end
+  y, mo = tonumber(y) - (tonumber(mo) <= 2 and 1 or 0), tonumber(mo)
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local doy = math.floor((153 * ((mo + 9) % 12) + 2) / 5) + tonumber(d) - 1
+  local days = era * 146097 + yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return (days - 719468) * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(s)
+end
+local depth, age = redis.call('LLEN', queue_key), 0
+local head = redis.call('LINDEX', queue_key, 0)
+local enqueued = head and redis.call('HGET', job_prefix .. head, 'enqueued_at')
+local since = enqueued and unix_time(enqueued)
+if since then age = math.max(0, tonumber(now) - since) end
+local seen = redis.call('HMGET', minute_key, 'depth', 'oldest_age')
+for i, sample in ipairs({{'depth', depth, '%d'}, {'oldest_age', age, '%.1f'}}) do
+  local was = tonumber(seen[i])  -- nil if absent (or not a number: overwritten)
+  if not was or sample[2] > was then
+    if redis.call('HSET', minute_key, sample[1], string.format(sample[3], sample[2])) == 1 then
+      redis.call('EXPIRE', minute_key, minute_ttl)
+    end
+  end
+end
 return n
 """
 _RECLAIM = Script(RECLAIM)
@@ -470,7 +637,9 @@ _RECLAIM = Script(RECLAIM)
 async def reclaim(conn: redis.asyncio.Redis, keys: QueueKeys, *, now: float) -> int:
     """Put back on the queue the events whose lease expired before ``now``; how many."""
     returned = await _RECLAIM.run_async(
-        conn, (keys.started, keys.queue), (now, _BATCH_LIMIT, JOB_PREFIX)
+        conn,
+        (keys.started, keys.queue, keys.minute(minute_of(now))),
+        (now, _BATCH_LIMIT, JOB_PREFIX, MINUTE_TTL, LEASE_SCORE_OFFSET),
     )
     return int(returned)
 
@@ -512,25 +681,43 @@ async def unpause(conn: redis.asyncio.Redis, keys: QueueKeys, website: str) -> i
 
 # Move dead letters back onto the queue as fresh events (attempts reset).
 # KEYS: 1 ingest:{q}:dead  2 ingest:{q}:dead:index  3 rq:queue:{q}  4 ingest:{q}:stats
-#       5 rq:queues
-# ARGV: 1 job key prefix  2 now (ISO)  3 queue name  4.. ids
+#       5 rq:queues  6 rq:deferred:{q}
+# ARGV: 1 job key prefix  2 now (ISO)  3 queue name  4 now (unix)
+#       5.. pairs: id, the id of the payment it refunds ('' for a payment)
 # Returns the ids actually requeued (an id already replayed by someone else is skipped).
+# A replayed refund whose payment is in the system or dead waits for it, deferred, as at
+# enqueue; a replayed payment's deferred refunds keep waiting on it (its dependents set).
 REPLAY = """
 local dead_key, dead_index_key, queue_key, stats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local queues_key = KEYS[5]
-local job_prefix, now_iso, queue_name, first_id = ARGV[1], ARGV[2], ARGV[3], 4
+local queues_key, deferred_key = KEYS[5], KEYS[6]
+local job_prefix, now_iso, queue_name, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local done = {}
-for i = first_id, #ARGV do
-  local id = ARGV[i]
+for i = 5, #ARGV, 2 do
+  local id, payment_id = ARGV[i], ARGV[i + 1]
   local raw = redis.call('HGET', dead_key, id)
   if raw then
     local rec = cjson.decode(raw)
+    local status = 'queued'
+    local payment_key = job_prefix .. payment_id
+    if payment_id ~= '' and (redis.call('EXISTS', payment_key) == 1
+        or redis.call('HEXISTS', dead_key, payment_id) == 1
+        or redis.call('EXISTS', payment_key .. ':dependents') == 1) then
+      status = 'deferred'
+    end
     redis.call('HSET', job_prefix .. id, 'data', rec['data'],
       'created_at', rec['created_at'] or now_iso, 'enqueued_at', now_iso,
-      'origin', queue_name, 'status', 'queued',
+      'origin', queue_name, 'status', status,
       'description', rec['description'] or '', 'result_ttl', '0', 'timeout', '60',
       'website', rec['website'] or '-', 'attempts', '0', 'history', rec['history_json'] or '')
-    redis.call('RPUSH', queue_key, id)
+    if payment_id ~= '' then
+      redis.call('HSET', job_prefix .. id, 'payment_id', payment_id)
+    end
+    if status == 'deferred' then
+      redis.call('SADD', payment_key .. ':dependents', id)
+      redis.call('ZADD', deferred_key, now, id)
+    else
+      redis.call('RPUSH', queue_key, id)
+    end
     redis.call('HDEL', dead_key, id)
     redis.call('ZREM', dead_index_key, id)
     done[#done + 1] = id
@@ -545,12 +732,25 @@ return done
 _REPLAY = Script(REPLAY)
 
 
-def replay(conn: redis.Redis, keys: QueueKeys, ids: Sequence[str], *, now: datetime) -> list[str]:
-    """Requeue these dead letters as if enqueued at ``now``; returns the ids requeued."""
+def replay(
+    conn: redis.Redis,
+    keys: QueueKeys,
+    ids: Sequence[str],
+    *,
+    now: datetime,
+    payments: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Requeue these dead letters as if enqueued at ``now``; returns the ids requeued.
+
+    ``payments`` maps a refund's id to the id of its payment, so that the refund waits for a
+    payment still in the system or dead (it is deferred, not queued).
+    """
+    payments = payments or {}
+    pairs = [part for job_id in ids for part in (job_id, payments.get(job_id, ""))]
     done = _REPLAY.run(
         conn,
-        (keys.dead, keys.dead_index, keys.queue, keys.stats, RQ_QUEUES),
-        (JOB_PREFIX, utc_iso(now, timespec=RQ_TIMESPEC), keys.name, *ids),
+        (keys.dead, keys.dead_index, keys.queue, keys.stats, RQ_QUEUES, keys.deferred),
+        (JOB_PREFIX, utc_iso(now, timespec=RQ_TIMESPEC), keys.name, repr(now.timestamp()), *pairs),
     )
     return [d.decode() if isinstance(d, bytes) else str(d) for d in done]
 
@@ -559,26 +759,39 @@ def replay(conn: redis.Redis, keys: QueueKeys, ids: Sequence[str], *, now: datet
 
 # Delete dead letters for good (an operator's explicit decision, counted as purged).
 # KEYS: 1 ingest:{q}:dead  2 ingest:{q}:dead:index  3 ingest:{q}:stats
-# ARGV: ids
+# ARGV: 1 now (unix)  2 now (ISO)  3.. ids
+# A refund deferred on a purged payment is dead-lettered (reason ``payment_purged``), in its
+# own queue: sending a refund of a payment the API never recorded would post revenue that
+# never was, so a person decides (replay sends it anyway, purge drops it).
 PURGE = """
 local dead_key, dead_index_key, stats_key = KEYS[1], KEYS[2], KEYS[3]
-local ids = ARGV
+local now, now_iso = ARGV[1], ARGV[2]
 local n = 0
-for _, id in ipairs(ids) do
+for i = 3, #ARGV do
+  local id = ARGV[i]
   if redis.call('HDEL', dead_key, id) == 1 then
     redis.call('ZREM', dead_index_key, id)
+    dead_letter_dependents(id, PAYMENT_PURGED,
+      'its payment was purged from the dead letters unsent', now, now_iso)
     n = n + 1
   end
 end
 if n > 0 then redis.call('HINCRBY', stats_key, 'purged', n) end
 return n
 """
-_PURGE = Script(PURGE)
+_PURGE = Script(DEPENDENTS + PURGE)
 
 
-def purge(conn: redis.Redis, keys: QueueKeys, ids: Sequence[str]) -> int:
-    """Delete these dead letters; returns how many there were."""
-    return int(_PURGE.run(conn, (keys.dead, keys.dead_index, keys.stats), ids))
+def purge(conn: redis.Redis, keys: QueueKeys, ids: Sequence[str], *, now: datetime) -> int:
+    """Delete these dead letters; returns how many there were. Refunds deferred on a purged
+    payment become dead letters themselves (``payment_purged``), dated ``now``."""
+    return int(
+        _PURGE.run(
+            conn,
+            (keys.dead, keys.dead_index, keys.stats),
+            (repr(now.timestamp()), utc_iso(now), *ids),
+        )
+    )
 
 
 # -- ERASE ---------------------------------------------------------------------------------------
@@ -586,20 +799,25 @@ def purge(conn: redis.Redis, keys: QueueKeys, ids: Sequence[str]) -> int:
 # Erase one event wherever it waits (an erasure request: it must never be sent again).
 # KEYS: 1 rq:queue:{q}  2 rq:scheduled:{q}  3 rq:deferred:{q}  4 ingest:{q}:dead
 #       5 ingest:{q}:dead:index  6 ingest:{q}:stats
-# ARGV: 1 job key prefix  2 parked key prefix  3 id
+# ARGV: 1 job key prefix  2 parked key prefix  3 id  4 now (unix)  5 now (ISO)
 # Returns where it was ("queued", "scheduled", "deferred", "parked", "dead"), "in_flight" if
 # a worker is sending it right now (not recalled), or false if it was not there.
+# Refunds deferred on an erased payment are dead-lettered (``payment_erased``): their payment
+# will never be sent, and a refund matched by the erasure itself is erased as any event. An
+# erased refund leaves its payment's dependents set, so nothing waits on a gone event.
 ERASE = """
 local queue_key, scheduled_key, deferred_key = KEYS[1], KEYS[2], KEYS[3]
 local dead_key, dead_index_key, stats_key = KEYS[4], KEYS[5], KEYS[6]
-local job_prefix, parked_prefix, id = ARGV[1], ARGV[2], ARGV[3]
+local job_prefix, parked_prefix, id, now, now_iso = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local reason, message = PAYMENT_ERASED, 'its payment was erased unsent'
 if redis.call('HDEL', dead_key, id) == 1 then
   redis.call('ZREM', dead_index_key, id)
   redis.call('HINCRBY', stats_key, 'erased', 1)
+  dead_letter_dependents(id, reason, message, now, now_iso)
   return 'dead'
 end
 local key = job_prefix .. id
-local f = redis.call('HMGET', key, 'status', 'website')
+local f = redis.call('HMGET', key, 'status', 'website', 'payment_id')
 local status = f[1]
 if not status then return false end
 if status == 'started' then return 'in_flight' end
@@ -608,20 +826,90 @@ redis.call('ZREM', scheduled_key, id)
 redis.call('ZREM', deferred_key, id)
 redis.call('LREM', parked_prefix .. (f[2] or '-'), 0, id)
 redis.call('DEL', key)
+if f[3] then redis.call('SREM', job_prefix .. f[3] .. ':dependents', id) end
 redis.call('HINCRBY', stats_key, 'erased', 1)
+dead_letter_dependents(id, reason, message, now, now_iso)
 return status
 """
-_ERASE = Script(ERASE)
+_ERASE = Script(DEPENDENTS + ERASE)
 
 
-def erase(conn: redis.Redis, keys: QueueKeys, job_id: str) -> str | None:
+def erase(conn: redis.Redis, keys: QueueKeys, job_id: str, *, now: datetime) -> str | None:
     """Erase one event; where it was (see ``ERASE``), or None if it was nowhere."""
     where = _ERASE.run(
         conn,
         (keys.queue, keys.scheduled, keys.deferred, keys.dead, keys.dead_index, keys.stats),
-        (JOB_PREFIX, keys.parked_prefix, job_id),
+        (JOB_PREFIX, keys.parked_prefix, job_id, repr(now.timestamp()), utc_iso(now)),
     )
     return text(where) if where else None
+
+
+# -- WAITING -------------------------------------------------------------------------------------
+
+# Why the deferred refunds of one queue wait: for a payment still on its way, or for a person.
+# KEYS: 1 rq:deferred:{q}
+# ARGV: 1 job key prefix  2 at most this many are looked at
+# Returns {deferred, on_dead, on_parked, orphaned, looked_at}: on_dead wait for a payment in
+# the dead letters (an operator's replay or purge), on_parked for a payment of a website paused
+# by an auth failure; orphaned wait for a payment that is nowhere (must be 0).
+WAITING = """
+local deferred_key = KEYS[1]
+local job_prefix, limit = ARGV[1], tonumber(ARGV[2])
+local on_dead, on_parked, orphaned = 0, 0, 0
+local ids = redis.call('ZRANGE', deferred_key, 0, limit - 1)
+for _, id in ipairs(ids) do
+  local payment_id = redis.call('HGET', job_prefix .. id, 'payment_id')
+  if payment_id then
+    local payment_key = job_prefix .. payment_id
+    local status = redis.call('HGET', payment_key, 'status')
+    if status == 'parked' then
+      on_parked = on_parked + 1
+    elseif not status then
+      -- A dead payment's dependents set outlives its job hash (in whichever queue it died).
+      if redis.call('SISMEMBER', payment_key .. ':dependents', id) == 1 then
+        on_dead = on_dead + 1
+      else
+        orphaned = orphaned + 1
+      end
+    end
+  end
+end
+return {redis.call('ZCARD', deferred_key), on_dead, on_parked, orphaned, #ids}
+"""
+_WAITING = Script(WAITING)
+_WAITING_LIMIT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """Why a queue's deferred refunds wait (see ``WAITING``)."""
+
+    deferred: int
+    on_dead: int  # payment in the dead letters: waits for an operator's replay or purge
+    on_parked: int  # payment of a website paused by an auth failure
+    orphaned: int  # payment nowhere: a bug, must be 0
+    complete: bool  # every deferred refund was looked at
+
+    @property
+    def blocked(self) -> int:
+        """Refunds that only a person can move on (dead or paused payment)."""
+        return self.on_dead + self.on_parked
+
+    @classmethod
+    def from_reply(cls, reply: Sequence[Any]) -> Waiting:
+        deferred, on_dead, on_parked, orphaned, looked_at = (int(n) for n in reply)
+        return cls(deferred, on_dead, on_parked, orphaned, looked_at == deferred)
+
+
+def waiting(conn: redis.Redis, keys: QueueKeys) -> Waiting:
+    """Why ``keys``' deferred refunds wait."""
+    return Waiting.from_reply(_WAITING.run(conn, (keys.deferred,), (JOB_PREFIX, _WAITING_LIMIT)))
+
+
+async def waiting_async(conn: redis.asyncio.Redis, keys: QueueKeys) -> Waiting:
+    """:func:`waiting` on an asyncio connection (the worker's)."""
+    reply = await _WAITING.run_async(conn, (keys.deferred,), (JOB_PREFIX, _WAITING_LIMIT))
+    return Waiting.from_reply(reply)
 
 
 # -- ACQUIRE -------------------------------------------------------------------------------------

@@ -8,14 +8,33 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import pydantic
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, SettingsError
 
 WEBSITE_ID_PATTERN = r"^[0-9a-fA-F]{24}$"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# What a person is told for pydantic's error types, instead of pydantic's own sentences.
+_REASONS = {
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "int_type": "must be an integer",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "finite_number": "must be a finite number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be <= {le}",
+    "less_than": "must be < {lt}",
+}
+# Settings whose values are never quoted back, even when they are wrong.
+_SECRETS = frozenset({"api_key", "console_token"})
 
 
 def default_spool_dir() -> Path:
@@ -128,7 +147,39 @@ class Settings(BaseSettings):
         description="Token the operator console requires on every request (bearer header or "
         "login form); required to bind an address other than loopback.",
     )
+    console_session_lifetime: int = Field(
+        default=28800,
+        gt=0,
+        le=30 * 86400,
+        description="Seconds a console login lasts before the token is asked for again.",
+    )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+
+    if not TYPE_CHECKING:  # mypy keeps checking the fields' types at each Settings(...)
+
+        def __init__(self, *args: Any, **values: Any) -> None:
+            """Read the environment (``values`` win over it); raise :class:`SettingsError`
+            naming every bad ``INGEST_*`` variable."""
+            try:
+                super().__init__(*args, **values)
+            except pydantic.ValidationError as exc:
+                raise settings_error(exc) from None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_is_usable(cls, value: str) -> str:
+        from .connection import check_url
+
+        check_url(value)
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level_is_known(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+        return level
 
     @field_validator("website_id")
     @classmethod
@@ -183,7 +234,34 @@ class Settings(BaseSettings):
         """A copy with some fields replaced, validated like the original."""
         data = self.model_dump()
         data.update({k: v for k, v in changes.items() if v is not None})
-        return Settings.model_validate(data)
+        try:
+            return Settings.model_validate(data)
+        except pydantic.ValidationError as exc:
+            raise settings_error(exc) from None
+
+
+def settings_error(exc: pydantic.ValidationError) -> SettingsError:
+    """pydantic's report as one :class:`SettingsError`: each problem under the environment
+    variable to fix, in words, quoting the value given unless it is a secret."""
+    problems: dict[str, str] = {}
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else None
+        template = _REASONS.get(error["type"])
+        if template is not None:
+            reason = template.format(**error.get("ctx", {}))
+            if field not in _SECRETS:
+                reason += f", got {error['input']!r}"
+        else:
+            # Our own validators' messages, which quote only what is safe to show.
+            reason = str(error["msg"]).removeprefix("Value error, ")
+        if field is not None:
+            name = f"INGEST_{field.upper()}"
+        else:
+            # A check across settings names its variable first ("INGEST_BACKOFF_MAX must ...").
+            first, _, rest = reason.partition(" ")
+            name, reason = (first, rest) if first.startswith("INGEST_") else ("settings", reason)
+        problems.setdefault(name, reason)
+    return SettingsError(problems)
 
 
 def env_names() -> dict[str, str]:

@@ -14,7 +14,8 @@ Layout of ``INGEST_SPOOL_DIR``:
 
 Durability policy (``INGEST_SPOOL_FSYNC``): ``always`` (default) ``fdatasync``s every event
 before the receipt says ``spooled``, so a power cut loses nothing acknowledged (measured here
-at ~0.07 ms p50); ``never`` leaves it to the kernel (a crash of the process is still safe, a
+at ~0.07 ms p50), and syncs the directory after creating or renaming a file, so the file's
+name survives too; ``never`` leaves it to the kernel (a crash of the process is still safe, a
 crash of the machine may lose the last seconds).
 
 The spool has a size cap (``INGEST_SPOOL_MAX_BYTES``): past it, :class:`SpoolFullError` is
@@ -73,6 +74,17 @@ def decode_line(line: bytes) -> Payment:
         raise ValueError(str(exc)) from exc
 
 
+def sync_directory(directory: Path) -> None:
+    """Make the directory's entries durable: a file just created or renamed is named by its
+    directory, and ``fdatasync`` on the file alone does not sync that name (a power cut
+    could leave a synced file without a name)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @dataclass(slots=True)
 class FlushResult:
     files: int = 0
@@ -80,6 +92,17 @@ class FlushResult:
     queued: int = 0
     duplicates: int = 0
     quarantined: int = 0
+    held_back: int = 0  # refunds left on disk: a live producer's file may hold their payment
+
+
+def _started_at(path: Path) -> tuple[int, str]:
+    """When the file's writer opened it (``spool-<pid>-<start ns>``): files are flushed in
+    that order, not by name, which would order them by pid."""
+    stem = path.name.split(".", 1)[0]
+    try:
+        return int(stem.rsplit("-", 1)[1]), path.name
+    except (IndexError, ValueError):
+        return 0, path.name
 
 
 class Spool:
@@ -136,6 +159,8 @@ class Spool:
             self._path = self.directory / f"spool-{self._pid}-{time.time_ns()}.jsonl"
             self._file = open(self._path, "ab")  # noqa: SIM115 - kept open across calls
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if self.fsync:
+                sync_directory(self.directory)
         return self._file
 
     def size_bytes(self) -> int:
@@ -156,11 +181,21 @@ class Spool:
                 pass
         return count
 
+    def holds_events(self) -> bool:
+        """Whether any process's events wait on disk here (no parsing: a few ``stat``s)."""
+        for path in self._files(include_flushing=True):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_size:
+                    return True
+        return False
+
     def _files(self, *, include_flushing: bool) -> list[Path]:
         if not self.directory.exists():
             return []
         patterns = ["spool-*.jsonl"] + (["spool-*.flushing"] if include_flushing else [])
-        return sorted(p for pattern in patterns for p in self.directory.glob(pattern))
+        return sorted(
+            (p for pattern in patterns for p in self.directory.glob(pattern)), key=_started_at
+        )
 
     # -- flushing ------------------------------------------------------------------------------
 
@@ -172,6 +207,11 @@ class Spool:
     ) -> FlushResult:
         """Move every spooled event whose writer is gone (or is us) into Redis, in order.
 
+        Files go in the order they were started; the payments of all of them first, then
+        the refunds, so a refund never reaches Redis before a payment spooled in another
+        file (it is then deferred behind it). While another producer still writes a file
+        here, refunds stay on disk (``held_back``): that file may hold their payment.
+
         Idempotent: event ids are deterministic, so a flush interrupted half-way and run
         again reports the first half as duplicates instead of queueing it twice. A file is
         deleted only after all of its events were accepted by Redis.
@@ -182,17 +222,29 @@ class Spool:
             if self._file is not None and self._pid == os.getpid():
                 self._file.close()
                 self._file = None
-        for path in self._files(include_flushing=True):
-            claimed = self._claim(path)
-            if claimed is None:
-                continue
-            target, handle = claimed
-            try:
-                self._flush_file(target, enqueue_many, batch, result)
-            finally:
+        claimed: list[tuple[Path, IO[bytes]]] = []
+        busy = 0
+        try:
+            for path in self._files(include_flushing=True):
+                taken = self._claim(path)
+                if taken is not None:
+                    claimed.append(taken)
+                elif path.exists():
+                    busy += 1  # a live producer's file (or another flusher's)
+            for target, _ in claimed:
+                self._flush_file(target, enqueue_many, batch, result, refunds=False)
+            for target, _ in claimed:
+                held = self._flush_file(
+                    target, enqueue_many, batch, result, refunds=True, hold=busy > 0
+                )
+                if held:
+                    result.held_back += held
+                    continue
+                target.unlink()
+                result.files += 1
+        finally:
+            for _, handle in claimed:
                 handle.close()
-            target.unlink()
-            result.files += 1
         return result
 
     def _claim(self, path: Path) -> tuple[Path, IO[bytes]] | None:
@@ -213,6 +265,8 @@ class Spool:
         except FileNotFoundError:
             handle.close()
             return None
+        if self.fsync:
+            sync_directory(self.directory)
         return target, handle
 
     def _flush_file(
@@ -221,20 +275,35 @@ class Spool:
         enqueue_many: Callable[[list[Payment]], list[Any]],
         batch: int,
         result: FlushResult,
-    ) -> None:
+        *,
+        refunds: bool,
+        hold: bool = False,
+    ) -> int:
+        """Send the file's refunds (``refunds``) or everything else; a bad line is
+        quarantined on the first pass. With ``hold``, refunds are counted, not sent:
+        returns how many were held back."""
         pending: list[Payment] = []
+        held = 0
         for number, line in self._lines(path):
             try:
-                pending.append(decode_line(line))
+                payment = decode_line(line)
             except ValueError as exc:
-                self._quarantine(path, number, line, str(exc))
-                result.quarantined += 1
+                if not refunds:
+                    self._quarantine(path, number, line, str(exc))
+                    result.quarantined += 1
                 continue
+            if payment.refunded != refunds:
+                continue
+            if hold:
+                held += 1
+                continue
+            pending.append(payment)
             if len(pending) >= batch:
                 self._send(pending, enqueue_many, result)
                 pending = []
         if pending:
             self._send(pending, enqueue_many, result)
+        return held
 
     @staticmethod
     def _lines(path: Path) -> Iterator[tuple[int, bytes]]:

@@ -7,6 +7,8 @@ Every event enqueued is, at any instant, in exactly one place::
 
 :func:`read_accounting` takes one consistent snapshot (a MULTI/EXEC of reads) and
 :attr:`Accounting.lost` is what is missing from that identity: it must be 0.
+``deferred`` includes :attr:`Accounting.deferred_on_dead`, the refunds that wait for a
+dead-lettered payment: they move on only by an operator's replay or purge.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import redis
 from . import keys
 from .jobs import parse_rq_time
 from .ratelimit import SendRateView, read_send_rates
+from .scripts import waiting
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,9 @@ class Accounting:
     oldest_queued_age: float | None
     workers: int
     paused: dict[str, str] = field(default_factory=dict)
+    # Of ``deferred``: refunds waiting for a payment in the dead letters, which only an
+    # operator's replay (then delivery) or purge moves on. Part of ``deferred``, not beside it.
+    deferred_on_dead: int = 0
     send_rates: list[SendRateView] = field(default_factory=list)
     """Each credential's learned send rate and hold (not part of the snapshot: read after)."""
 
@@ -61,6 +67,22 @@ class Accounting:
         data["in_system"] = self.in_system
         data["lost"] = self.lost
         return data
+
+
+def count_live_workers(connection: redis.Redis) -> int:
+    """RQ workers whose heartbeat has not expired.
+
+    RQ's workers set keeps a worker that never deregistered (SIGKILL, a lost host) until
+    something cleans it; the worker's own key expires ``worker_ttl`` after its last
+    heartbeat, so that key is what says it is alive. Read-only: nothing is cleaned here.
+    """
+    members = list(connection.smembers(keys.RQ_WORKERS))
+    if not members:
+        return 0
+    with connection.pipeline(transaction=False) as pipe:
+        for member in members:
+            pipe.exists(member)
+        return sum(int(found) for found in pipe.execute())
 
 
 def read_accounting(connection: redis.Redis, queue: str, *, now: float | None = None) -> Accounting:
@@ -89,8 +111,7 @@ def read_accounting(connection: redis.Redis, queue: str, *, now: float | None = 
         enqueued_at = connection.hget(keys.job_key(keys.text(head)), "enqueued_at")
         if enqueued_at:
             oldest = max(0.0, now - parse_rq_time(enqueued_at))
-    from rq import Worker
-
+    waits = waiting(connection, k) if int(deferred) else None
     return Accounting(
         enqueued=counters.get("enqueued", 0),
         duplicates=counters.get("duplicates", 0),
@@ -109,7 +130,8 @@ def read_accounting(connection: redis.Redis, queue: str, *, now: float | None = 
         dead=int(dead),
         rate_per_second=sum(window) / 60.0,
         oldest_queued_age=oldest,
-        workers=Worker.count(connection=connection),
+        workers=count_live_workers(connection),
         paused={keys.text(s): keys.text(r) for s, r in paused.items()},
+        deferred_on_dead=waits.on_dead if waits else 0,
         send_rates=read_send_rates(connection, queue, now=now),
     )

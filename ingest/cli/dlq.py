@@ -8,15 +8,15 @@ from typing import Any
 import click
 from rich.console import Console
 
-from ingest.connection import connect
 from ingest.deadletter import DEFAULT_REPLAY_RATE
 from ingest.errors import IngestError
 
-from ._common import load_settings
+from ._common import load_settings, open_redis
 from .render import letters_table, print_dead_letter, replay_progress
 
 
-def _parse_time(value: str | None) -> float | None:
+def _time_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    """``--since``/``--until`` as a unix time; click names the option when it is refused."""
     if value is None:
         return None
     from ingest.models import parse_timestamp
@@ -26,8 +26,11 @@ def _parse_time(value: str | None) -> float | None:
         return parse_timestamp(value).timestamp()
     except IngestError as exc:
         raise click.BadParameter(
-            f"{value!r}: an ISO 8601 time with a timezone, e.g. 2026-11-26T09:00:00Z"
+            f"{value!r} is not an ISO 8601 time with a timezone, e.g. 2026-11-26T09:00:00Z"
         ) from exc
+
+
+JSON_HELP = "Print JSON instead of a table."
 
 
 def dlq_filters(func: Any) -> Any:
@@ -44,11 +47,24 @@ def dlq_filters(func: Any) -> Any:
         ),
         click.option("--website", "websites", multiple=True, help="Website id (repeatable)."),
         click.option(
-            "--id", "ids", multiple=True, help="Dead-letter id or transaction id (repeatable)."
+            "--id",
+            "ids",
+            multiple=True,
+            help="Dead-letter id or transaction id, whole (repeatable).",
         ),
         click.option("--search", default=None, help="Transaction id contains this text."),
-        click.option("--since", default=None, help="Died at or after (ISO 8601)."),
-        click.option("--until", default=None, help="Died at or before (ISO 8601)."),
+        click.option(
+            "--since",
+            default=None,
+            callback=_time_option,
+            help="Died at or after this time (ISO 8601 with a timezone).",
+        ),
+        click.option(
+            "--until",
+            default=None,
+            callback=_time_option,
+            help="Died at or before this time (ISO 8601 with a timezone).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -61,8 +77,8 @@ def _selection(
     websites: tuple[str, ...],
     ids: tuple[str, ...],
     search: str | None,
-    since: str | None,
-    until: str | None,
+    since: float | None,
+    until: float | None,
 ) -> Any:
     from ingest.deadletter import DeadLetterFilter
 
@@ -72,8 +88,8 @@ def _selection(
         websites=frozenset(websites),
         ids=frozenset(ids),
         transaction_contains=search,
-        since=_parse_time(since),
-        until=_parse_time(until),
+        since=since,
+        until=until,
     )
 
 
@@ -81,7 +97,7 @@ def _store() -> Any:
     from ingest.deadletter import DeadLetterStore
 
     settings = load_settings()
-    return DeadLetterStore(connect(settings.redis_url, socket_timeout=10), settings.queue)
+    return DeadLetterStore(open_redis(settings), settings.queue)
 
 
 @click.group(help="Inspect, replay, purge and export dead letters.")
@@ -91,27 +107,48 @@ def dlq() -> None:
 
 @dlq.command("list", help="Dead letters, newest first, with counts per reason.")
 @dlq_filters
-@click.option("--limit", type=int, default=50, show_default=True)
-@click.option("--offset", type=int, default=0)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=click.IntRange(min=1), default=50, help="Show at most this many.")
+@click.option(
+    "--offset", type=click.IntRange(min=0), default=0, help="Skip this many of the newest first."
+)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def dlq_list(limit: int, offset: int, as_json: bool, **filters: Any) -> None:
     store = _store()
-    letters = store.page(_selection(**filters), offset=offset, limit=limit)
+    selection = _selection(**filters)
+    letters = store.page(selection, offset=offset, limit=limit)
+    in_store = store.count()
+    # The totals follow the filters: what matches, not what the store holds.
+    counts = store.counts_by_reason(selection)
+    total = sum(counts.values())
     if as_json:
-        click.echo(json.dumps({"total": store.count(), "items": [d.as_dict() for d in letters]}))
+        click.echo(
+            json.dumps(
+                {"total": total, "in_store": in_store, "items": [d.as_dict() for d in letters]}
+            )
+        )
         return
+    title = (
+        f"dead letters ({in_store:,} in the store)"
+        if selection.is_empty
+        else f"{total:,} of {in_store:,} dead letters match"
+    )
     console = Console()
-    console.print(letters_table(letters, f"dead letters ({store.count():,} in the store)"))
-    counts = store.counts_by_reason()
+    console.print(letters_table(letters, title, width=console.width))
+    if len(letters) < total:
+        console.print(f"showing {len(letters):,} of {total:,} (--limit, --offset for more)")
     if counts:
         console.print("by reason: " + ", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items())))
 
 
-@dlq.command("show", help="One dead letter: the event, every attempt, the API's messages.")
+@dlq.command(
+    "show",
+    help="One dead letter: the event, every attempt, the API's messages. DEAD_ID is an id "
+    "as `dlq list` prints it, the start of one, or a transaction id.",
+)
 @click.argument("dead_id")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def dlq_show(dead_id: str, as_json: bool) -> None:
-    letter = _store().get(dead_id)
+    letter = _store().find(dead_id)
     if as_json:
         click.echo(json.dumps(letter.as_dict(), indent=2))
         return
@@ -129,13 +166,16 @@ def dlq_show(dead_id: str, as_json: bool) -> None:
     show_default=True,
     help="Events per second put back on the queue.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def dlq_replay(all_: bool, dry_run: bool, rate: float, as_json: bool, **filters: Any) -> None:
     selection = _selection(**filters)
     if selection.is_empty and not all_:
         raise click.UsageError("choose what to replay with a filter, or pass --all")
     store = _store()
     letters = list(store.iter(selection))
+    if not letters and not as_json:
+        click.echo("no dead letters match: nothing replayed")
+        return
     if dry_run:
         if as_json:
             click.echo(
@@ -148,9 +188,12 @@ def dlq_replay(all_: bool, dry_run: bool, rate: float, as_json: bool, **filters:
                 )
             )
         else:
-            Console().print(
+            console = Console()
+            console.print(
                 letters_table(
-                    letters[:100], f"would replay {len(letters):,} (dry run: nothing changed)"
+                    letters[:100],
+                    f"would replay {len(letters):,} (dry run: nothing changed)",
+                    width=console.width,
                 )
             )
         return
@@ -180,31 +223,50 @@ def dlq_replay(all_: bool, dry_run: bool, rate: float, as_json: bool, **filters:
 @click.option("--all", "all_", is_flag=True, help="Purge every dead letter (no filter).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--dry-run", is_flag=True, help="Show what would be purged; change nothing.")
-def dlq_purge(all_: bool, yes: bool, dry_run: bool, **filters: Any) -> None:
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def dlq_purge(all_: bool, yes: bool, dry_run: bool, as_json: bool, **filters: Any) -> None:
     selection = _selection(**filters)
     if selection.is_empty and not all_:
         raise click.UsageError("choose what to purge with a filter, or pass --all")
     store = _store()
     letters = list(store.iter(selection))
-    if dry_run or not letters:
-        click.echo(f"would purge {len(letters):,} dead letters (nothing changed)")
-        return
-    if not yes:
-        click.confirm(
-            f"Permanently delete {len(letters):,} dead letters? These payments will "
-            "never reach DataFast",
-            abort=True,
-        )
-    removed = store.purge(d.job_id for d in letters)
-    click.echo(f"purged {removed:,}")
+    removed = 0
+    if letters and not dry_run:
+        if not yes:
+            click.confirm(
+                f"Permanently delete {len(letters):,} dead letters? These payments will "
+                "never reach DataFast",
+                abort=True,
+                err=True,  # stdout stays the report (and valid JSON with --json)
+            )
+        removed = store.purge(d.job_id for d in letters)
+    if as_json:
+        click.echo(json.dumps({"dry_run": dry_run, "matched": len(letters), "purged": removed}))
+    elif not letters:
+        click.echo("no dead letters match: nothing purged")
+    elif dry_run:
+        click.echo(f"would purge {len(letters):,} dead letters (dry run: nothing changed)")
+    else:
+        click.echo(f"purged {removed:,}")
 
 
 @dlq.command("export", help="Dead letters as JSON Lines (to a file or stdout).")
 @dlq_filters
-@click.option("--output", "-o", type=click.File("w"), default="-")
-def dlq_export(output: Any, **filters: Any) -> None:
+@click.option(
+    "--output", "-o", type=click.File("w"), default="-", help="File to write; - is stdout."
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Report the count on stderr as JSON (the dead letters are JSON Lines either way).",
+)
+def dlq_export(output: Any, as_json: bool, **filters: Any) -> None:
     count = 0
     for letter in _store().iter(_selection(**filters)):
         output.write(json.dumps(letter.as_dict()) + "\n")
         count += 1
-    click.echo(f"exported {count:,} dead letters", err=True)
+    if as_json:
+        click.echo(json.dumps({"exported": count}), err=True)
+    else:
+        click.echo(f"exported {count:,} dead letters", err=True)

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from ingest.errors import IngestError
 
-from ._common import EXIT_FAILURE, load_settings
+from ._common import EXIT_FAILURE, load_settings, open_redis
 from .render import import_progress, print_import
 
 
@@ -21,7 +21,7 @@ from .render import import_progress, print_import
     help="Delete payments at DataFast (DELETE /api/v1/payments) and erase matching "
     "events still in our queue, retry schedule and dead-letter store."
 )
-@click.option("--transaction-id", default=None)
+@click.option("--transaction-id", default=None, help="The payment's transaction_id.")
 @click.option("--visitor-id", default=None, help="datafast_visitor_id")
 @click.option("--start", default=None, help="startAt, ISO 8601 with a timezone.")
 @click.option("--end", default=None, help="endAt, ISO 8601 with a timezone.")
@@ -29,7 +29,7 @@ from .render import import_progress, print_import
 @click.option("--all-time", is_flag=True, help="Allow a visitor delete without a date range.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--dry-run", is_flag=True, help="Print the request; send and erase nothing.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def delete(
     transaction_id: str | None,
     visitor_id: str | None,
@@ -61,6 +61,7 @@ def delete(
     if dry_run:
         click.echo(f"dry run, nothing sent or erased: {described}")
         return
+    open_redis(settings).close()  # unreachable: say so before asking anything
     spans_all_time = not (request.start or request.end) and not request.transaction_id
     if not yes:
         warning = " ACROSS ALL TIME" if spans_all_time else ""
@@ -89,8 +90,9 @@ def delete(
 
 @click.command(
     "import",
-    help="Enqueue payments from a CSV (header row of API field names) or "
-    "JSON Lines file. Exit 1 if any row was rejected.",
+    help="Enqueue payments from a CSV file (header row of API field names), a JSON array of "
+    "objects, or JSON Lines. Exit 1 if any row was rejected; exit 2, enqueuing nothing, if "
+    "the file cannot be read as payments at all (not UTF-8, a wrong header).",
 )
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Summary as JSON.")
@@ -99,12 +101,13 @@ def import_(path: Path, as_json: bool) -> None:
     from ingest.producer import Producer
 
     settings = load_settings()
+    total = count_rows(path)  # refuses an unreadable file before anything is enqueued
     producer = Producer(
         settings.with_overrides(producer_timeout=max(5.0, settings.producer_timeout))
     )
     try:
         with import_progress(disable=as_json) as progress:
-            task = progress.add_task("import", total=count_rows(path))
+            task = progress.add_task("import", total=total)
             result = import_file(path, producer, progress=lambda n: progress.advance(task, n))
     finally:
         producer.close()

@@ -27,6 +27,7 @@ _ACCOUNTING_ORDER = [
     "in_flight",
     "scheduled",
     "deferred",
+    "deferred_on_dead",
     "parked",
     "purged",
     "erased",
@@ -49,6 +50,8 @@ _DEAD_LETTER_FIELDS = (
     "last_attempt_at",
     "dead_at",
 )
+# Columns from which `dlq list` also shows each letter's error.
+_WIDE = 110
 # Rejected rows shown in the table; --json gives all of them.
 _REJECTED_SHOWN = 200
 
@@ -80,21 +83,25 @@ def accounting_table(data: dict[str, Any], *, title: str) -> Table:
     return table
 
 
-def letters_table(letters: list[DeadLetter], title: str) -> Table:
-    table = Table(title=title)
-    for column in ("id", "transaction", "website", "reason", "status", "attempts", "died", "error"):
-        table.add_column(column, overflow="fold")
+def letters_table(letters: list[DeadLetter], title: str, *, width: int = 80) -> Table:
+    """One row per dead letter, fit to ``width`` columns: the whole id, never cut, and the
+    API's error only where there is room for it (``dlq show`` and ``--json`` have every
+    field)."""
+    from rich import box
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    # Whole ids, never wrapped or cut: they are what `ingest dlq show` and --id take.
+    table.add_column("id", no_wrap=True, min_width=32)
+    table.add_column("transaction", overflow="fold")
+    table.add_column("reason", no_wrap=True)
+    table.add_column("died (UTC)", no_wrap=True)
+    with_error = width >= _WIDE
+    if with_error:
+        table.add_column("error", overflow="fold")
     for d in letters:
-        table.add_row(
-            d.job_id[:12],
-            d.transaction_id,
-            d.website,
-            d.reason,
-            str(d.status if d.status is not None else "-"),
-            str(d.attempts),
-            d.dead_at,
-            d.error[:80],
-        )
+        status = d.status if d.status is not None else "no answer"
+        row = [d.job_id, d.transaction_id, f"{d.reason} {status}", d.dead_at[:16].replace("T", " ")]
+        table.add_row(*row, *([d.error[:80]] if with_error else []))
     return table
 
 

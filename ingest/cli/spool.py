@@ -16,7 +16,7 @@ def spool() -> None:
 
 
 @spool.command("status", help="Events waiting on disk, and quarantined lines.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def spool_status(as_json: bool) -> None:
     from ingest.spool import QUARANTINE, Spool
 
@@ -39,7 +39,7 @@ def spool_status(as_json: bool) -> None:
 
 
 @spool.command("flush", help="Move spooled events into the queue now (idempotent).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def spool_flush(as_json: bool) -> None:
     from ingest.producer import Producer
 
@@ -58,5 +58,10 @@ def spool_flush(as_json: bool) -> None:
             f"{result.queued:,} queued, {result.duplicates:,} already there, "
             f"{result.quarantined:,} corrupt lines quarantined"
         )
+        if result.held_back:
+            click.echo(
+                f"{result.held_back:,} refund(s) kept on disk: another producer still writes "
+                "a spool file here that may hold their payment; flush again once it is done"
+            )
     if result.quarantined:
         raise SystemExit(EXIT_FAILURE)

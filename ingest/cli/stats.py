@@ -8,36 +8,51 @@ import time
 
 import click
 from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
 from ingest.connection import connect
 
-from ._common import load_settings
+from ._common import load_settings, open_redis
 from .render import accounting_table
 
 
 @click.command(help="Queued, in flight, scheduled, delivered, dead-lettered, rates.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--watch", is_flag=True, help="Refresh every --interval seconds.")
-@click.option("--interval", type=float, default=2.0, show_default=True)
+@click.option(
+    "--watch", is_flag=True, help="Refresh every --interval seconds until Ctrl-C, in place."
+)
+@click.option("--interval", type=float, default=2.0, help="Seconds between refreshes.")
 def stats(as_json: bool, watch: bool, interval: float) -> None:
     from ingest.stats import read_accounting
 
     settings = load_settings()
-    connection = connect(settings.redis_url, socket_timeout=5)
+    connection = open_redis(settings, socket_timeout=5)
     console = Console()
+
+    def table() -> Table:
+        accounting = read_accounting(connection, settings.queue)
+        return accounting_table(accounting.as_dict(), title=f"queue {settings.queue}")
+
     try:
-        while True:
-            accounting = read_accounting(connection, settings.queue)
-            if as_json:
+        if as_json:
+            while True:
+                accounting = read_accounting(connection, settings.queue)
                 click.echo(json.dumps(accounting.as_dict(), sort_keys=True))
-            else:
-                if watch:
-                    console.clear()
-                console.print(
-                    accounting_table(accounting.as_dict(), title=f"queue {settings.queue}")
-                )
+                if not watch:
+                    return
+                time.sleep(interval)
+        if watch and console.is_terminal:
+            # Redrawn in place; Ctrl-C leaves the last figures on the screen.
+            with Live(table(), console=console, auto_refresh=False) as live:
+                while True:
+                    time.sleep(interval)
+                    live.update(table(), refresh=True)
+        while True:
+            # Not a terminal (a pipe, a log file): one table after another.
+            console.print(table())
             if not watch:
-                break
+                return
             time.sleep(interval)
     finally:
         connection.close()

@@ -29,6 +29,7 @@ from .rendering import HERE, render
 from .routes import ROUTERS
 from .security import ConsoleGuard, CsrfTokens
 from .service import Console
+from .sessions import Sessions
 
 
 def _package_version() -> str:
@@ -84,7 +85,13 @@ def create_app(
     )
     app.state.console = console
     app.state.clock = clock
-    app.add_middleware(ConsoleGuard, options=options, csrf=CsrfTokens(csrf_secret))
+    sessions = Sessions(
+        conn, settings.queue, lifetime=settings.console_session_lifetime, clock=clock
+    )
+    app.state.sessions = sessions
+    app.add_middleware(
+        ConsoleGuard, options=options, csrf=CsrfTokens(csrf_secret), sessions=sessions
+    )
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     for router in ROUTERS:
         app.include_router(router)

@@ -22,6 +22,7 @@ from .config import (
     ConsoleOptions,
     ConsoleSettings,
     check_bind,
+    plain_http_warning,
 )
 
 
@@ -36,7 +37,8 @@ def load_console_settings() -> ConsoleSettings:
     "console",
     help="Serve the operator console: the pipeline's figures, dead letters (browse, replay, "
     "purge) and paused websites. Binds 127.0.0.1 unless told otherwise; any other address "
-    "requires INGEST_CONSOLE_TOKEN.",
+    "requires INGEST_CONSOLE_TOKEN, and HTTPS (--ssl-certfile/--ssl-keyfile, or a TLS proxy "
+    "named by --forwarded-allow-ips): off loopback, login cookies are Secure.",
 )
 @click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to bind.")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535))
@@ -50,8 +52,32 @@ def load_console_settings() -> ConsoleSettings:
     show_default=True,
     help="Events per second a replay puts back on the queue (as `ingest dlq replay --rate`).",
 )
-def console_command(host: str, port: int, read_only: bool, replay_rate: float) -> None:
+@click.option(
+    "--ssl-certfile",
+    type=click.Path(dir_okay=False),
+    help="Serve HTTPS with this certificate (PEM); needs --ssl-keyfile.",
+)
+@click.option(
+    "--ssl-keyfile", type=click.Path(dir_okay=False), help="The certificate's private key (PEM)."
+)
+@click.option(
+    "--forwarded-allow-ips",
+    metavar="IPS",
+    help="Behind a TLS proxy: comma-separated addresses (or '*') whose X-Forwarded-Proto "
+    "and X-Forwarded-For are trusted. Unset: those headers are ignored.",
+)
+def console_command(
+    host: str,
+    port: int,
+    read_only: bool,
+    replay_rate: float,
+    ssl_certfile: str | None,
+    ssl_keyfile: str | None,
+    forwarded_allow_ips: str | None,
+) -> None:
     require("console", "ingest console")
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise click.UsageError("--ssl-certfile and --ssl-keyfile go together: give both")
     settings = load_console_settings()
     check_bind(host, settings.console_token)
 
@@ -67,9 +93,17 @@ def console_command(host: str, port: int, read_only: bool, replay_rate: float) -
     )
     app = create_app(settings, options=options)
     shown = f"[{host}]" if ":" in host else host
-    get_logger(component="console").info(
+    scheme = "https" if ssl_certfile else "http"
+    log = get_logger(component="console")
+    warning = plain_http_warning(
+        host, https=ssl_certfile is not None, behind_proxy=forwarded_allow_ips is not None
+    )
+    if warning is not None:
+        log.warning(warning)
+    log.info(
         "console listening",
-        url=f"http://{shown}:{port}/",
+        url=f"{scheme}://{shown}:{port}/",
+        behind_proxy=forwarded_allow_ips is not None,
         read_only=read_only,
         token_required=options.token_value is not None,
         queue=settings.queue,
@@ -80,7 +114,11 @@ def console_command(host: str, port: int, read_only: bool, replay_rate: float) -
         port=port,
         log_level=settings.log_level.lower(),
         server_header=False,
-        proxy_headers=False,
+        # Only a proxy named here may say the request came over HTTPS (and from whom).
+        proxy_headers=forwarded_allow_ips is not None,
+        forwarded_allow_ips=forwarded_allow_ips or "127.0.0.1",
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
         access_log=False,
     )
 

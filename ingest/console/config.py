@@ -73,3 +73,15 @@ def check_bind(host: str, token: SecretStr | None) -> None:
             "secret, or bind 127.0.0.1 (the default) and use an SSH tunnel.",
             setting="INGEST_CONSOLE_TOKEN",
         )
+
+
+def plain_http_warning(host: str, *, https: bool, behind_proxy: bool) -> str | None:
+    """Why logging in will fail when the console listens beyond loopback over plain HTTP
+    (its session cookie is then Secure, which browsers keep only over HTTPS); else None."""
+    if is_loopback(host) or https or behind_proxy:
+        return None
+    return (
+        f"serving plain HTTP on {host}: browsers keep the console's Secure login cookie only "
+        "over HTTPS, so use --ssl-certfile/--ssl-keyfile or a TLS proxy named by "
+        "--forwarded-allow-ips (or an SSH tunnel to 127.0.0.1)"
+    )

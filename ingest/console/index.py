@@ -39,6 +39,7 @@ import redis
 
 from ingest import keys
 from ingest.deadletter import DeadLetter, DeadLetterFilter
+from ingest.personal import mask_text
 
 _CHUNK = 250  # letters summarised per script call: a few ms of Redis time
 _LIST_CHUNK = 20_000
@@ -126,16 +127,21 @@ def matches(selection: DeadLetterFilter, entry: Entry) -> bool:
         return False
     if selection.websites and entry.website not in selection.websites:
         return False
-    if (
-        selection.ids
-        and entry.id not in selection.ids
-        and entry.transaction_id not in selection.ids
-    ):
+    if not (selection.ids or selection.transaction_contains):
+        return True
+    shown = shown_transaction(entry.transaction_id)
+    if selection.ids and entry.id not in selection.ids and shown not in selection.ids:
         return False
     return not (
         selection.transaction_contains
-        and selection.transaction_contains.lower() not in entry.transaction_id.lower()
+        and selection.transaction_contains.lower() not in shown.lower()
     )
+
+
+def shown_transaction(transaction_id: str) -> str:
+    """A transaction id as the console shows it and searches it: emails masked, so that a
+    search cannot find (or confirm) one by its unmasked text."""
+    return mask_text(transaction_id) if "@" in transaction_id else transaction_id
 
 
 def time_only(selection: DeadLetterFilter) -> bool:
@@ -242,7 +248,9 @@ class DeadLetterIndex:
     def find_transaction(self, transaction_id: str) -> list[Entry]:
         self.refresh()
         with self._lock:
-            return [e for e in self._entries if e.transaction_id == transaction_id]
+            return [
+                e for e in self._entries if shown_transaction(e.transaction_id) == transaction_id
+            ]
 
     # -- keeping it current ---------------------------------------------------------
 

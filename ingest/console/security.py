@@ -6,13 +6,17 @@
    borrow the browser's access to 127.0.0.1);
 2. only GET, HEAD and POST exist; every POST must come from this origin (``Origin``, else
    ``Referer``; ``Sec-Fetch-Site`` when the browser sends it) and carry the CSRF token
-   (``X-CSRF-Token`` header or ``csrf_token`` form field) matching this browser's CSRF
-   cookie. Otherwise 403, before any route runs: a cross-site post changes nothing;
+   (``X-CSRF-Token`` header or ``csrf_token`` form field). Signed in, the token is bound
+   to the session; otherwise to this browser's CSRF cookie. Otherwise 403, before any
+   route runs: a cross-site post changes nothing;
 3. with a token, every request but the login form needs it: ``Authorization: Bearer``
-   or the HttpOnly, SameSite=Strict session cookie the login form sets;
+   or the HttpOnly, SameSite=Strict cookie of a live session (:mod:`.sessions`);
 4. in read-only mode every POST that would change the pipeline answers 403;
 5. every response carries the security headers (CSP without inline scripts,
-   ``frame-ancestors 'none'``, ``nosniff``, no caching).
+   ``frame-ancestors 'none'``, ``nosniff``, no caching), whatever answers it.
+
+Cookies are ``Secure`` and named with the ``__Host-`` prefix (so a sibling domain cannot
+plant them) whenever the request came over HTTPS or names a host other than loopback.
 
 Personal data (emails, names) is masked by :func:`mask_event` and :func:`mask_text`
 unless an operator explicitly reveals one dead letter (logged by the app).
@@ -30,11 +34,19 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
+import redis
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ingest.errors import MalformedRequestError
 from ingest.logs import get_logger
+from ingest.personal import EMAIL_FIELDS, NAME_FIELDS
+from ingest.personal import mask_email as mask_email  # re-exported: the console's masking
+from ingest.personal import mask_name as mask_name
+from ingest.personal import mask_text as mask_text
 
 from .config import ConsoleOptions, is_loopback
+from .sessions import Sessions
 
 SESSION_COOKIE = "ingest_console_session"
 CSRF_COOKIE = "ingest_console_csrf"
@@ -59,29 +71,6 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 
 # -- masking ------------------------------------------------------------------------------
 
-EMAIL_FIELDS = frozenset({"email", "customer_email"})
-NAME_FIELDS = frozenset({"name", "customer_name"})
-_EMAIL = re.compile(r"([\w.+\-]+)@([\w\-]+(?:\.[\w\-]+)+)")
-
-
-def mask_email(value: str) -> str:
-    """``jane@example.com`` -> ``j***@example.com``; the domain stays (it is rarely personal
-    and it is what an operator needs to spot a pattern)."""
-    local, at, domain = value.rpartition("@")
-    if not at:
-        return mask_name(value)
-    return f"{local[:1]}***@{domain}"
-
-
-def mask_name(value: str) -> str:
-    """``Jane Doe`` -> ``J*** D***``."""
-    return " ".join(f"{word[:1]}***" for word in value.split())
-
-
-def mask_text(value: str) -> str:
-    """Mask every email address inside free text (an id, an error message)."""
-    return _EMAIL.sub(lambda m: f"{m.group(1)[:1]}***@{m.group(2)}", value)
-
 
 def mask_event(value: Any, key: str | None = None) -> Any:
     """A copy of an event body with emails and names masked, at any depth."""
@@ -100,11 +89,13 @@ def mask_event(value: Any, key: str | None = None) -> Any:
 
 # -- tokens -------------------------------------------------------------------------------
 
+HOST_PREFIX = "__Host-"
 
-def session_cookie_value(token: str) -> str:
-    """The login cookie for ``token``: derived from it, so rotating the token logs out
-    every browser, and the cookie alone does not give the token away."""
-    return hmac.new(token.encode(), b"ingest-console-session-v1", hashlib.sha256).hexdigest()
+
+def cookie_name(base: str, secure: bool) -> str:
+    """The name of a cookie: ``__Host-`` prefixed when it is Secure (browsers then refuse
+    it from any other host or path, and over plain HTTP)."""
+    return HOST_PREFIX + base if secure else base
 
 
 def _equal(a: str, b: str) -> bool:
@@ -127,9 +118,9 @@ def parse_cookies(header: str) -> dict[str, str]:
 
 
 class CsrfTokens:
-    """Signed double-submit CSRF tokens: the form token is an HMAC of the browser's CSRF
-    cookie under a per-process secret, so a token is useless with another cookie and a
-    cookie planted by a sibling site is useless without the secret."""
+    """CSRF tokens as HMACs under a per-process secret of what they are bound to: a
+    session (``session_binding``) when the browser is signed in, else its CSRF cookie. A
+    token obtained for a cookie (even one an attacker planted) is useless in a session."""
 
     def __init__(self, secret: bytes | None = None) -> None:
         self._secret = secret if secret is not None else secrets.token_bytes(32)
@@ -138,13 +129,18 @@ class CsrfTokens:
     def new_cookie() -> str:
         return secrets.token_urlsafe(32)
 
-    def token_for(self, cookie: str) -> str:
-        return hmac.new(self._secret, cookie.encode(), hashlib.sha256).hexdigest()
+    def token_for(self, binding: str) -> str:
+        return hmac.new(self._secret, binding.encode(), hashlib.sha256).hexdigest()
 
-    def valid(self, cookie: str | None, token: str | None) -> bool:
-        if not cookie or not token:
+    def valid(self, binding: str | None, token: str | None) -> bool:
+        if not binding or not token:
             return False
-        return _equal(self.token_for(cookie), token)
+        return _equal(self.token_for(binding), token)
+
+
+def session_binding(session_id: str) -> str:
+    # A ':' never occurs in a CSRF cookie, so a session's binding is never a cookie's.
+    return f"session:{session_id}"
 
 
 def style_hash(css: str) -> str:
@@ -156,13 +152,26 @@ def style_hash(css: str) -> str:
 # -- request checks -----------------------------------------------------------------------
 
 
+# A Host header: a name or an IPv4 address, or an [IPv6] literal, and an optional port.
+_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_\-.]+)(?::(?P<port>[0-9]{1,5}))?")
+
+
 def host_is_loopback(host_header: str) -> bool:
+    """True when ``host_header`` names loopback; :class:`~ingest.errors.MalformedRequestError`
+    when it is not a host at all (``[evil``, a port past 65535)."""
+    if not host_header:
+        return False
+    matched = _HOST.fullmatch(host_header)
+    port = matched.group("port") if matched else None
+    if matched is None or (port is not None and int(port) > 65535):
+        raise MalformedRequestError("Host")
     hostname = urlsplit(f"//{host_header}").hostname
     return hostname is not None and is_loopback(hostname)
 
 
 def same_origin(headers: Mapping[str, str], scheme: str) -> str | None:
-    """``None`` when the request comes from this origin, else why it does not."""
+    """``None`` when the request comes from this origin, else why it does not;
+    :class:`~ingest.errors.MalformedRequestError` for a Referer that is not a URL."""
     host = headers.get("host")
     if not host:
         return "no Host header"
@@ -175,7 +184,10 @@ def same_origin(headers: Mapping[str, str], scheme: str) -> str | None:
         return None if origin.lower() == expected else "Origin is another site"
     referer = headers.get("referer")
     if referer:
-        parts = urlsplit(referer)
+        try:
+            parts = urlsplit(referer)
+        except ValueError as exc:  # "http://[x": an unterminated IPv6 literal
+            raise MalformedRequestError("Referer") from exc
         return (
             None
             if f"{parts.scheme}://{parts.netloc}".lower() == expected
@@ -199,33 +211,61 @@ def _read_only_allows(path: str) -> bool:
 class ConsoleGuard:
     """The ASGI middleware described in the module docstring."""
 
-    def __init__(self, app: ASGIApp, *, options: ConsoleOptions, csrf: CsrfTokens) -> None:
+    def __init__(
+        self, app: ASGIApp, *, options: ConsoleOptions, csrf: CsrfTokens, sessions: Sessions
+    ) -> None:
         self.app = app
         self.options = options
         self.csrf = csrf
-        token = options.token_value
-        self._token = token
-        self._session = session_cookie_value(token) if token else None
+        self.sessions = sessions
+        self._token = options.token_value
         self._log = get_logger(component="console")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self._guard(scope, receive, tracked)
+        except Exception as exc:
+            # Whatever failed, the answer still carries the security headers (Starlette's
+            # own 500 page, outside this middleware, would not) and says nothing of why.
+            if started:
+                raise
+            path: str = scope["path"]
+            secured = _decorated(send, None, False)
+            if isinstance(exc, MalformedRequestError):
+                await self._refuse(secured, path, 400, str(exc))
+            elif isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+                self._log.error("console cannot reach Redis", error=exc)
+                await _respond(secured, path, 503, "Redis cannot be reached; try again later.")
+            else:
+                self._log.error("console request failed", path=path, error=exc)
+                await _respond(secured, path, 500, "internal error (the console's log says why)")
+
+    async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _headers(scope)
         cookies = parse_cookies(headers.get("cookie", ""))
         path: str = scope["path"]
         method: str = scope["method"]
-        secure = scope.get("scheme") == "https"
+        secure = scope.get("scheme") == "https" or not host_is_loopback(headers.get("host", ""))
 
-        csrf_cookie = cookies.get(CSRF_COOKIE, "")
+        csrf_name = cookie_name(CSRF_COOKIE, secure)
+        csrf_cookie = cookies.get(csrf_name, "")
         fresh_cookie: str | None = None
         if not re.fullmatch(r"[A-Za-z0-9_\-]{32,64}", csrf_cookie):
             fresh_cookie = csrf_cookie = self.csrf.new_cookie()
         state = scope.setdefault("state", {})
-        state["csrf_token"] = self.csrf.token_for(csrf_cookie)
+        state["secure"] = secure
         state["authenticated"] = False
-        send = _decorated(send, fresh_cookie, secure)
+        send = _decorated(send, f"{csrf_name}={fresh_cookie}" if fresh_cookie else None, secure)
 
         if self._token is None and not host_is_loopback(headers.get("host", "")):
             await self._refuse(
@@ -236,6 +276,10 @@ class ConsoleGuard:
                 "INGEST_CONSOLE_TOKEN the console answers only to loopback names",
             )
             return
+        session_id = await self._session(cookies.get(cookie_name(SESSION_COOKIE, secure), ""))
+        state["session_id"] = session_id
+        binding = session_binding(session_id) if session_id else csrf_cookie
+        state["csrf_token"] = self.csrf.token_for(binding)
         if method not in ("GET", "HEAD", "POST"):
             await _respond(send, path, 405, "method not allowed", [(b"allow", b"GET, HEAD, POST")])
             return
@@ -255,13 +299,14 @@ class ConsoleGuard:
                 form = parse_qs(body.decode("utf-8", "replace"))
                 values = form.get(CSRF_FIELD)
                 supplied = values[0] if values else None
-            if fresh_cookie is not None or not self.csrf.valid(csrf_cookie, supplied):
+            unbound = session_id is None and fresh_cookie is not None
+            if unbound or not self.csrf.valid(binding, supplied):
                 await self._refuse(send, path, 403, "missing or invalid CSRF token")
                 return
             if body is not None:
                 receive = _replay(body, receive)
         if self._token is not None:
-            if self._authenticated(headers, cookies):
+            if session_id is not None or self._bearer(headers):
                 state["authenticated"] = True
             elif path != LOGIN_PATH:
                 await self._challenge(send, path, scope.get("query_string", b""))
@@ -271,13 +316,17 @@ class ConsoleGuard:
             return
         await self.app(scope, receive, send)
 
-    def _authenticated(self, headers: Mapping[str, str], cookies: Mapping[str, str]) -> bool:
+    async def _session(self, session_id: str) -> str | None:
+        """The session id from the cookie while that session lives, else None."""
+        if self._token is None or not session_id:
+            return None
+        alive = await run_in_threadpool(self.sessions.valid, session_id)
+        return session_id if alive else None
+
+    def _bearer(self, headers: Mapping[str, str]) -> bool:
         assert self._token is not None
-        assert self._session is not None
         scheme, _, credentials = headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and _equal(credentials.strip(), self._token):
-            return True
-        return _equal(cookies.get(SESSION_COOKIE, ""), self._session)
+        return scheme.lower() == "bearer" and _equal(credentials.strip(), self._token)
 
     async def _challenge(self, send: Send, path: str, query: bytes) -> None:
         if path.startswith("/api/") or path == "/openapi.json":
@@ -308,6 +357,9 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 def _decorated(send: Send, fresh_cookie: str | None, secure: bool) -> Send:
+    """``send`` with the security headers added to the answer, and ``name=value`` of a new
+    CSRF cookie when the browser had none."""
+
     async def decorated(message: Message) -> None:
         if message["type"] == "http.response.start":
             headers: list[tuple[bytes, bytes]] = list(message.get("headers", []))
@@ -316,7 +368,7 @@ def _decorated(send: Send, fresh_cookie: str | None, secure: bool) -> Send:
                 headers.append((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()))
             headers.extend(item for item in SECURITY_HEADERS if item[0] not in present)
             if fresh_cookie is not None:
-                cookie = f"{CSRF_COOKIE}={fresh_cookie}; Path=/; HttpOnly; SameSite=Strict"
+                cookie = f"{fresh_cookie}; Path=/; HttpOnly; SameSite=Strict"
                 headers.append((b"set-cookie", (cookie + ("; Secure" if secure else "")).encode()))
             message = {**message, "headers": headers}
         await send(message)

@@ -25,15 +25,16 @@ from ingest import keys
 from ingest.deadletter import DeadLetter, DeadLetterFilter, DeadLetterStore
 from ingest.errors import NotFoundError
 from ingest.logs import get_logger
+from ingest.personal import LetterMask, mask_text
 from ingest.settings import Settings
 from ingest.stats import read_accounting
 from ingest.timestamps import utc_iso
 
 from . import schemas
 from .config import ConsoleOptions
-from .index import DeadLetterIndex, parse_letter, time_only
+from .index import DeadLetterIndex, parse_letter, shown_transaction, time_only
 from .operations import Action, Operation, Operations, Target
-from .security import mask_event, mask_text
+from .security import mask_event
 
 SAMPLE = 100  # dead letters listed by a dry run
 
@@ -370,10 +371,19 @@ class Console:
         self, action: Action, target: Target, *, as_of: float | None, actor: str
     ) -> Operation:
         """Replay or purge for real, in the background; see :mod:`.operations`."""
+        description = describe(target)
         if target.selection is not None:
             moment = self.as_of() if as_of is None else as_of
-            target = Target(selection=pinned(target.selection, moment))
-        return self.operations.start(action, target, description=describe(target), actor=actor)
+            selection = pinned(target.selection, moment)
+            # A search matches transaction ids as shown (masked): the letters it takes are
+            # the ones this console listed, not those the unmasked text would match.
+            searched = selection.ids or selection.transaction_contains
+            target = (
+                Target(ids=tuple(e.id for e in self.index.select(selection)))
+                if searched
+                else Target(selection=selection)
+            )
+        return self.operations.start(action, target, description=description, actor=actor)
 
 
 def _reason(raw: str) -> dict[str, Any]:
@@ -384,11 +394,23 @@ def _reason(raw: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"error": raw}
 
 
+def _shown(letter: DeadLetter, reveal: bool) -> Callable[[Any], str]:
+    """How free text of ``letter`` is shown: as stored when revealed, else with every email
+    and the letter's own customer (from its event) masked."""
+    if reveal:
+        return _text
+    mask = LetterMask.of(letter.body)
+    return lambda value: mask.mask(_text(value))
+
+
 def summary(letter: DeadLetter, *, reveal: bool = False) -> schemas.DeadLetterSummary:
-    show = _text if reveal else (lambda v: mask_text(_text(v)))
+    show = _shown(letter, reveal)
     return schemas.DeadLetterSummary(
         id=letter.job_id,
-        transaction_id=show(letter.transaction_id),
+        # An identifier, shown (and searched: index.shown_transaction) with emails masked.
+        transaction_id=_text(letter.transaction_id)
+        if reveal
+        else shown_transaction(_text(letter.transaction_id)),
         website=_text(letter.website),
         reason=_text(letter.reason),
         status=_status(letter.status),
@@ -399,7 +421,7 @@ def summary(letter: DeadLetter, *, reveal: bool = False) -> schemas.DeadLetterSu
 
 
 def detail(letter: DeadLetter, *, reveal: bool) -> schemas.DeadLetterDetail:
-    show = _text if reveal else (lambda v: mask_text(_text(v)))
+    show = _shown(letter, reveal)
     history = letter.history if isinstance(letter.history, list) else []
     body = letter.body if isinstance(letter.body, dict) else {"value": letter.body}
     return schemas.DeadLetterDetail(

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import IO, Any, Self, cast
 
 import httpx
 from aiohttp import web
@@ -294,7 +294,10 @@ class SandboxProcess(SandboxHandle):
         start_timeout: float = 20.0,
         python: str | None = None,
         env: Mapping[str, str] | None = None,
+        stderr: IO[bytes] | None = None,
     ) -> None:
+        """``stderr``: where the child's own log lines go (default: this process's stderr);
+        ``ingest demo`` keeps them out of its report in a file."""
         self.config = config if config is not None else SandboxConfig()
         self.host = host if host is not None else self.config.host
         self.port = port if port is not None else self.config.port
@@ -302,6 +305,7 @@ class SandboxProcess(SandboxHandle):
         self._start_timeout = start_timeout
         self._python = python or sys.executable
         self._env = dict(env) if env is not None else None
+        self._stderr = stderr
         self._process: subprocess.Popen[bytes] | None = None
         self._client: httpx.Client | None = None
         self._url: str | None = None
@@ -340,7 +344,9 @@ class SandboxProcess(SandboxHandle):
     def start(self) -> Self:
         if self._process is not None:
             raise RuntimeError("the sandbox is already running")
-        process = subprocess.Popen(self.command(), stdout=subprocess.PIPE, env=self._env, bufsize=0)
+        process = subprocess.Popen(
+            self.command(), stdout=subprocess.PIPE, stderr=self._stderr, env=self._env, bufsize=0
+        )
         try:
             line = _read_line(process, self._start_timeout)
             match = _LISTENING.match(line)

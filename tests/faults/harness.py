@@ -104,7 +104,7 @@ class EventCount:
             f"read_accounting: enqueued={acc.enqueued} delivered={acc.delivered} "
             f"dead={acc.dead} in_system={acc.in_system} lost={acc.lost} "
             f"api_duplicates={acc.api_duplicates} retried={acc.retried} "
-            f"replayed={acc.replayed}"
+            f"replayed={acc.replayed} deferred_on_dead={acc.deferred_on_dead}"
             if acc is not None
             else f"read_accounting unavailable: {self.accounting_error}"
         )
@@ -133,7 +133,13 @@ def assert_accounted(count: EventCount, *, drained: bool = True) -> None:
     assert acc.dead == count.dead, count.line()
     assert acc.in_system == count.still_queued, count.line()
     if drained:
-        assert count.still_queued == 0, f"not drained: {count.line()}"
+        # Drained: nothing left but refunds deferred on a dead-lettered payment, which wait
+        # for an operator's replay or purge (issue 13), each of them one of those refunds.
+        assert count.still_queued == acc.deferred_on_dead, f"not drained: {count.line()}"
+        dead = {tid for tid, place in count.places.items() if place == "dead"}
+        waiting = {t for t, place in count.places.items() if place not in ("dead", "delivered")}
+        assert {tid.removesuffix("#refund") for tid in waiting} <= dead, count.line()
+        assert all(tid.endswith("#refund") for tid in waiting), count.line()
         # Redis counts each delivery once however often it was sent, as the API does.
         assert acc.delivered == count.delivered, count.line()
 

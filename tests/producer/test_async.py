@@ -139,7 +139,11 @@ def test_async_spooled_events_are_queued_once_each_in_order_after_redis_restarts
     restartable_redis.stop()
 
     async def run() -> Receipt:
-        producer = make_async_producer(restartable_redis.url, breaker_cooldown=0.2)
+        # A generous timeout: the subject is the restart, and on a loaded machine the first
+        # call after it may take longer than the 0.1 s default while the spool moves.
+        producer = make_async_producer(
+            restartable_redis.url, breaker_cooldown=0.2, producer_timeout=2.0
+        )
         try:
             await timed_enqueues(producer, "async-back", 1000)
             restartable_redis.restart()

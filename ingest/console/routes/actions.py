@@ -8,6 +8,7 @@ after the operator looked are left alone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from urllib.parse import quote
 
@@ -23,6 +24,7 @@ from ingest.console.service import Console, operation_view
 from ._request import ClockDep, ConsoleDep, actor, form_fields, query_form
 
 ACTION_WAIT = 3.0  # seconds a confirmation waits for a small action to finish
+MAX_AS_OF = 1e11  # unix seconds (year 5138): the API's bound too
 
 router = page_router()
 
@@ -94,9 +96,9 @@ async def _confirm(
             "Nothing was changed: acting on every dead letter needs its own confirmation."
         )
     try:
-        as_of: float | None = float((fields.get("as_of") or [""])[0])
+        as_of = _as_of((fields.get("as_of") or [""])[0])
     except ValueError:
-        as_of = None
+        return await refuse("Nothing was changed: the dry run's time (as_of) is not a time.")
 
     def start() -> str:
         operation = console.start(action, target, as_of=as_of, actor=actor(request))
@@ -105,6 +107,17 @@ async def _confirm(
 
     operation_id = await run_in_threadpool(start)
     return RedirectResponse(f"/operations/{quote(operation_id)}", status_code=303)
+
+
+def _as_of(value: str) -> float | None:
+    """The dry run's moment from a confirmation: None when absent (act as of now), else a
+    unix time; ValueError for anything else (nan, inf, a negative or far-future time)."""
+    if not value.strip():
+        return None
+    moment = float(value)
+    if not (math.isfinite(moment) and 0 <= moment <= MAX_AS_OF):
+        raise ValueError(f"not a time: {value!r}")
+    return moment
 
 
 @router.get("/replay")

@@ -10,16 +10,18 @@ import hmac
 
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from ingest.console.rendering import HERE, page_router, render
 from ingest.console.security import (
     CONTENT_SECURITY_POLICY,
     LOGIN_PATH,
     SESSION_COOKIE,
+    cookie_name,
     safe_next,
-    session_cookie_value,
     style_hash,
 )
+from ingest.console.sessions import Sessions
 from ingest.logs import get_logger
 
 from ._request import ConsoleDep, actor, form_fields
@@ -52,13 +54,20 @@ async def login(request: Request, console: ConsoleDep) -> Response:
     if not _same_secret(supplied, token):
         get_logger(component="console").warning("console login refused", client=actor(request))
         return _login(request, target, error="That token is not right.", status=401)
+    sessions: Sessions = request.app.state.sessions
+    previous: str | None = request.state.session_id
+    if previous is not None:
+        await run_in_threadpool(sessions.end, previous)  # a login never reuses a session
+    session_id = await run_in_threadpool(sessions.start)
+    secure: bool = request.state.secure
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
-        SESSION_COOKIE,
-        session_cookie_value(token),
+        cookie_name(SESSION_COOKIE, secure),
+        session_id,
+        max_age=sessions.lifetime,
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=secure,
         path="/",
     )
     return response
@@ -66,8 +75,19 @@ async def login(request: Request, console: ConsoleDep) -> Response:
 
 @router.post("/logout", response_model=None)
 async def logout(request: Request) -> Response:
+    session_id: str | None = request.state.session_id
+    if session_id is not None:
+        sessions: Sessions = request.app.state.sessions
+        await run_in_threadpool(sessions.end, session_id)
+    secure: bool = request.state.secure
     response = RedirectResponse(LOGIN_PATH, status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    response.delete_cookie(
+        cookie_name(SESSION_COOKIE, secure),
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=secure,
+    )
     return response
 
 

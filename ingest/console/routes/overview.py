@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 
+from ingest.console.charts import overview_charts
 from ingest.console.rendering import page_router, render
 
 from ._request import ConsoleDep
@@ -22,4 +23,5 @@ def overview(request: Request, console: ConsoleDep) -> HTMLResponse:
         active="overview",
         ov=console.overview(),
         live_interval=LIVE_INTERVAL_MS,
+        charts=overview_charts(console.connection, console.keys, now=request.app.state.clock()),
     )
