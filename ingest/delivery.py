@@ -6,11 +6,13 @@ dead-letter replay and the CLI react to the verdict and never look at status cod
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -20,6 +22,7 @@ import httpx
 import yarl
 
 from .errors import AuthenticationError, ConfigurationError, DeliveryError
+from .ratelearner import allowed_rate
 from .retry import parse_retry_after
 from .settings import Settings
 
@@ -45,6 +48,8 @@ class Outcome:
     status: int | None
     message: str
     retry_after: float | None = None
+    allowed_rate: float | None = None
+    """Requests/s the answer's ``RateLimit`` fields allow, when it had them."""
 
     @property
     def throttled(self) -> bool:
@@ -63,12 +68,28 @@ def classify(
     *,
     now: float | None = None,
     error: str | None = None,
+    header: Callable[[str], str | None] | None = None,
 ) -> Outcome:
     """The one place that decides what an answer means (table in the spec, section 1).
 
     ``status`` is ``None`` for a transport failure (timeout, refused or dropped connection),
     described by ``error``. A status we do not know is transient: retried, never dropped.
+    ``header`` looks up the answer's other fields by lower-case name (its ``RateLimit``
+    fields give :attr:`Outcome.allowed_rate`).
     """
+    outcome = _classify(status, body, retry_after_header, now=now, error=error)
+    rate = None if header is None else allowed_rate(header)
+    return outcome if rate is None else dataclasses.replace(outcome, allowed_rate=rate)
+
+
+def _classify(
+    status: int | None,
+    body: bytes,
+    retry_after_header: str | None,
+    *,
+    now: float | None,
+    error: str | None,
+) -> Outcome:
     if status is None:
         return Outcome(Verdict.TRANSIENT, None, error or "transport error")
     message = _api_message(body)
@@ -208,10 +229,11 @@ class PaymentsClient:
             async with session.post(url, data=content, headers=self._headers) as response:
                 payload = await response.read()
                 status = response.status
-                retry_after = response.headers.get("Retry-After")
+                headers = response.headers
+                retry_after = headers.get("Retry-After")
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             return classify(None, error=describe_transport_error(exc))
-        return classify(status, payload, retry_after)
+        return classify(status, payload, retry_after, header=headers.get)
 
     async def aclose(self) -> None:
         if self._session is not None:

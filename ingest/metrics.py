@@ -55,7 +55,7 @@ DELIVERY_SECONDS = Histogram(
 IN_FLIGHT = Gauge("ingest_worker_in_flight_requests", "POSTs in flight in this worker.", ["queue"])
 SEND_LIMIT = Gauge(
     "ingest_worker_send_limit",
-    "Requests this worker may have in flight (shrinks after a 429).",
+    "Requests this worker may have in flight (follows the API's latency).",
     ["queue"],
 )
 RECLAIMED = Counter(
@@ -196,6 +196,22 @@ class QueueCollector:
         ]
         for family, name, documentation, figure in singles:
             yield _family(family, name, documentation, q, figure)
+        rate = GaugeMetricFamily(
+            "ingest_send_rate_limit",
+            "A credential's learned send rate, shared by every worker, in requests/s "
+            "(credential: a short hash, never the key).",
+            labels=["credential", "queue"],
+        )
+        hold = GaugeMetricFamily(
+            "ingest_send_rate_hold_seconds",
+            "Seconds left of a credential's hold after most answers were 429 (0: sending).",
+            labels=["credential", "queue"],
+        )
+        for view in a.send_rates:
+            rate.add_metric([view.credential, q], view.rate)
+            hold.add_metric([view.credential, q], view.hold_seconds)
+        yield rate
+        yield hold
 
 
 def _family(kind: Any, name: str, documentation: str, queue: str, value: float) -> Any:

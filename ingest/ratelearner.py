@@ -10,12 +10,13 @@ the order :func:`decide` applies them:
    is held for the ``Retry-After`` (capped) and the rate cut toward what was accepted.
    One sporadic 429 never holds anything: its own event waits its ``Retry-After`` in the
    retry schedule, and that is all.
-3. The share of 429s is above ``tolerated_share`` plus the learned *noise*: cut to a little
-   under the rate the API accepted in the window. If the previous window was such a cut and
-   the share did not fall, the 429s are not about our rate (a real limit answers fewer
-   429s at a lower rate): their share becomes the noise, tolerated from then on, and the
-   rate stays. So 2% sporadic 429s at 1,000 answers/s (20 a second) cost only their own
-   retries, where a cut per 429 would ratchet the rate to the floor.
+3. The share of 429s is clearly (by two standard errors) above ``tolerated_share`` plus
+   the learned *noise*: cut to a little under the rate the API accepted in the window (by
+   30% at most per window). If two cuts in a row left the share where it was, the 429s are
+   not about our rate (a real limit answers fewer 429s at a lower rate): their share
+   becomes the noise, tolerated from then on, and the rate stays. So 2% sporadic 429s at
+   1,000 answers/s (20 a second) cost only their own retries, where a cut per 429 would
+   ratchet the rate to the floor.
 4. Otherwise, if the window used its rate: double it while starting (slow start, until
    the first cut), else add ``increase`` of it (additive increase). A rate not used is not
    raised, so an idle credential does not wake up far above its limit.
@@ -26,6 +27,7 @@ Always within ``floor`` and ``ceiling``. Transport failures (no answer) are not 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -43,8 +45,13 @@ class LearnerConfig:
     tolerated_share: float = 0.02
     hold_share: float = 0.5
     cut_margin: float = 0.05
-    """A cut goes to this much under the accepted rate."""
-    increase: float = 0.02
+    """A cut goes to this much under the accepted rate..."""
+    deepest_cut: float = 0.7
+    """... but no lower than this share of the rate: a window that did not use its rate
+    (workers starting, a short queue) accepted less than the limit allows."""
+    deepest_hold_cut: float = 0.5
+    """The same floor when most answers are 429."""
+    increase: float = 0.05
     """Additive increase per window, as a share of the rate (at least 1 request/s)."""
     utilized: float = 0.8
     """A window used its rate when it took at least this share of its permits."""
@@ -54,6 +61,9 @@ class LearnerConfig:
     noise_fade: float = 0.1
     """How fast the learned noise follows a lower share of 429s, per window."""
     max_hold: float = MAX_HOLD
+    cuts_to_noise: int = 2
+    """Cuts in a row that leave the share of 429s as it was before they are noise: one is
+    not enough, as answers lag behind their requests and a cut may be floored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +73,10 @@ class LearnerState:
     slow_start: bool = True
     noise: float = 0.0
     """The share of 429s that is not about our rate (sporadic), tolerated."""
-    cut: bool = False
-    """The previous window cut the rate."""
     last_share: float = 0.0
-    """The share of 429s that led to that cut."""
+    """The share of 429s that led to the previous window's cut (0: it did not cut)."""
+    stuck: int = 0
+    """Cuts in a row after which the share of 429s did not fall."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -81,8 +91,8 @@ class LearnerState:
             return cls(
                 slow_start=bool(fields["slow_start"]),
                 noise=float(fields["noise"]),
-                cut=bool(fields["cut"]),
                 last_share=float(fields["last_share"]),
+                stuck=int(fields["stuck"]),
             )
         except (ValueError, TypeError, KeyError):
             return cls()
@@ -113,29 +123,39 @@ def decide(
 
     answered = window.ok + window.throttled
     share = window.throttled / answered if answered else 0.0
-    accepted = window.ok / window.seconds if window.seconds > 0 else 0.0
+    # What the API accepted: the permits taken less the share refused. Answers reach the
+    # window a little after their permits were taken, so the share is the steadier figure
+    # (both its parts lag alike) where a count of answers would swing with the lag.
+    seconds = max(window.seconds, 1e-3)
+    accepted = max(window.granted, answered) * (1 - share) / seconds
 
-    def cut_rate() -> float:
+    def cut_rate(deepest: float) -> float:
         if accepted <= 0:
             return clamp(rate / 2)
-        return clamp(min(rate, accepted) * (1 - config.cut_margin))
+        target = min(rate, accepted) * (1 - config.cut_margin)
+        return clamp(max(target, rate * deepest))
 
     if window.header_rate is not None:
         running = LearnerState(slow_start=False, noise=state.noise)
         target = clamp(window.header_rate * (1 - config.header_margin))
         return Decision(target, _hold(window, share, now, config), running, "header")
     if answered and share >= config.hold_share:
-        held = LearnerState(slow_start=False, noise=state.noise, cut=True, last_share=share)
-        return Decision(cut_rate(), _hold(window, share, now, config), held, "hold")
+        held = LearnerState(slow_start=False, noise=state.noise, last_share=share)
+        # Exhausted: cut deeper than for a share of 429s, but never to nothing at once; a
+        # window whose events mostly wait for their retries accepted little either way.
+        return Decision(
+            cut_rate(config.deepest_hold_cut), _hold(window, share, now, config), held, "hold"
+        )
     if answered < config.min_answers:
         return Decision(rate, 0.0, state, "keep")
-    if share > config.tolerated_share + state.noise:
-        if state.cut and share >= 0.7 * state.last_share:
-            # The previous cut did not lower the share: these 429s are not about our rate.
+    if share > _threshold(config.tolerated_share + state.noise, answered):
+        stuck = state.stuck + 1 if share >= 0.7 * state.last_share > 0 else 0
+        if stuck >= config.cuts_to_noise:
+            # Cut after cut, the share did not fall: these 429s are not about our rate.
             noisy = LearnerState(slow_start=False, noise=share)
             return Decision(rate, 0.0, noisy, "noise")
-        cut = LearnerState(slow_start=False, noise=state.noise, cut=True, last_share=share)
-        return Decision(cut_rate(), 0.0, cut, "cut")
+        cut = LearnerState(slow_start=False, noise=state.noise, last_share=share, stuck=stuck)
+        return Decision(cut_rate(config.deepest_cut), 0.0, cut, "cut")
     noise = state.noise
     if share < noise:
         noise += config.noise_fade * (share - noise)
@@ -145,6 +165,14 @@ def decide(
     if state.slow_start:
         return Decision(clamp(rate * 2), 0.0, calm, "slow start")
     return Decision(clamp(rate + max(1.0, config.increase * rate)), 0.0, calm, "increase")
+
+
+def _threshold(tolerated: float, answered: int) -> float:
+    """The share of 429s above which a window cuts: the tolerated share plus two standard
+    errors of it over ``answered`` answers, so that 2% sporadic 429s seen as 3 in 100 do
+    not cut, while 9 in 55 do."""
+    q = min(tolerated, 1.0)
+    return tolerated + 2 * math.sqrt(q * (1 - q) / answered)
 
 
 def _hold(window: AnswerWindow, share: float, now: float, config: LearnerConfig) -> float:

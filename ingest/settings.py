@@ -81,6 +81,17 @@ class Settings(BaseSettings):
     request_timeout: float = Field(
         default=10.0, gt=0, description="Seconds allowed for one POST to the API."
     )
+    send_rate_initial: float = Field(
+        default=100.0,
+        gt=0,
+        description="Requests/s a credential starts at before its rate is learned (shared "
+        "by every worker; doubles each second while the API accepts all).",
+    )
+    send_rate_max: float = Field(
+        default=10_000.0,
+        gt=0,
+        description="Requests/s a credential's learned send rate never exceeds.",
+    )
     lease_seconds: int = Field(
         default=20,
         ge=3,
@@ -191,6 +202,8 @@ class Settings(BaseSettings):
     def _backoff_bounds(self) -> Settings:
         if self.backoff_max < self.backoff_base:
             raise ValueError("INGEST_BACKOFF_MAX must be >= INGEST_BACKOFF_BASE")
+        if self.send_rate_max < self.send_rate_initial:
+            raise ValueError("INGEST_SEND_RATE_MAX must be >= INGEST_SEND_RATE_INITIAL")
         return self
 
     @property

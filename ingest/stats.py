@@ -28,6 +28,7 @@ import redis
 
 from . import keys
 from .jobs import parse_rq_time
+from .ratelimit import SendRateView, read_send_rates
 from .scripts import waiting
 
 
@@ -57,6 +58,8 @@ class Accounting:
     # Of ``deferred``: refunds waiting for a payment in the dead letters, which only an
     # operator's replay (then delivery) or purge moves on. Part of ``deferred``, not beside it.
     deferred_on_dead: int = 0
+    send_rates: list[SendRateView] = field(default_factory=list)
+    """Each credential's learned send rate and hold (not part of the snapshot: read after)."""
 
     @property
     def in_system(self) -> int:
@@ -145,4 +148,5 @@ def read_accounting(connection: redis.Redis, queue: str, *, now: float | None = 
         rq_failed=int(rq_failed),
         rq_in_flight=int(rq_in_flight),
         deferred_on_dead=waits.on_dead if waits else 0,
+        send_rates=read_send_rates(connection, queue, now=now),
     )

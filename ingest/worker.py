@@ -13,8 +13,9 @@ The loop, top to bottom (``_run`` repeats ``_poll_iteration`` until stopped, the
 
 1. ``_housekeep``, every ``lease/4`` s: heartbeat (RQ's worker key, and the leases of events
    in flight); reclaim events whose worker died; probe websites paused by an auth failure;
-2. ``_claim`` as many events as there is room for (the shared :class:`AdaptiveLimiter`
-   shrinks the room after a 429) and start one ``_deliver`` task per event;
+2. ``_claim`` as many events as the concurrency limit leaves room for, and start one
+   ``_deliver`` task per event its credential's shared send rate admits now (the others
+   wait for permits: :mod:`ingest.backpressure`);
 3. ``_acknowledge`` finished requests in one batch: delivered, scheduled for retry,
    dead-lettered or parked; every outcome is decided by :func:`decide` from the classified
    answer.
@@ -42,6 +43,7 @@ from rq.suspension import is_suspended
 from rq.worker import WorkerStatus
 
 from . import keys, metrics
+from .backpressure import Backpressure
 from .connection import connect, connect_async, redis_unavailable
 from .deadletter import api_message, dead_record
 from .delivery import Outcome, PaymentsClient, Verdict, build_session
@@ -64,7 +66,6 @@ from .scripts import (
     waiting_async,
 )
 from .settings import Settings
-from .throttle import AdaptiveLimiter
 from .timestamps import utc_iso
 
 _IDLE_POLL = 0.1  # seconds between claims while the queue is empty
@@ -93,7 +94,7 @@ class _Run:
 
     aconn: redis.asyncio.Redis
     client: PaymentsClient
-    limiter: AdaptiveLimiter  # room for requests; shrinks after a 429
+    backpressure: Backpressure  # how many may be in flight, and how fast each credential
     held: dict[str, Claimed] = field(default_factory=dict)  # leased to us, not acknowledged
     in_flight: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # requests out
     finished: list[Acknowledgement] = field(default_factory=list)  # answered, not yet acked
@@ -253,7 +254,8 @@ class IngestWorker(SimpleWorker):
             if self._session_factory
             else build_session(self.settings, concurrency=concurrency)
         )
-        return _Run(aconn, PaymentsClient(self.settings, http), AdaptiveLimiter(concurrency))
+        backpressure = Backpressure(self.settings, self.keys, clock=self._clock)
+        return _Run(aconn, PaymentsClient(self.settings, http), backpressure)
 
     async def _poll_iteration(self, run: _Run, burst: bool) -> bool:
         """One pass: housekeeping when due, claim and start, acknowledge what finished, wait.
@@ -265,19 +267,19 @@ class IngestWorker(SimpleWorker):
             run.next_housekeeping = self._clock() + max(1.0, self.settings.lease_seconds / 4)
         started = await self._claim(run)
         self.metrics.in_flight.set(len(run.in_flight))
-        self.metrics.send_limit.set(int(run.limiter.limit))
+        self.metrics.send_limit.set(int(run.backpressure.concurrency.limit))
         await self._acknowledge(run)
         run.redis_backoff = 0.0
         if run.in_flight or started:
             run.wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(run.wake.wait(), timeout=0.25)
+                await asyncio.wait_for(run.wake.wait(), timeout=run.backpressure.wait(0.25))
             # Let more requests finish so they are acknowledged together.
             await asyncio.sleep(_TICK)
             return False
         if burst and (self._suspended or await self._drained(run.aconn)):
             return True
-        await asyncio.sleep(max(_IDLE_POLL, min(run.limiter.held_for(), 1.0)))
+        await asyncio.sleep(run.backpressure.wait(_IDLE_POLL) if run.held else _IDLE_POLL)
         return False
 
     async def _housekeep(self, run: _Run) -> None:
@@ -308,24 +310,26 @@ class IngestWorker(SimpleWorker):
             self._log.warning("worker suspended by `rq suspend`" if suspended else "worker resumed")
 
     async def _claim(self, run: _Run) -> int:
-        """Lease as many events as there is room for and start sending each; how many."""
-        free = 0 if self._suspended else run.limiter.free_slots()
-        if free <= 0:
-            return 0
-        now = self._clock()
-        lease_until = now + self.settings.lease_seconds
-        claims = await claim(
-            run.aconn, self.keys, now=now, lease_until=lease_until, worker=self.name, limit=free
-        )
+        """Lease as many events as there is room for, and start sending each one its
+        credential's send rate admits now (the rest wait here for permits); how many."""
+        free = 0 if self._suspended else run.backpressure.room(len(run.in_flight))
+        fresh: list[Claimed] = []
+        if free > 0:
+            now = self._clock()
+            lease_until = now + self.settings.lease_seconds
+            claims = await claim(
+                run.aconn, self.keys, now=now, lease_until=lease_until, worker=self.name, limit=free
+            )
+            for claimed in claims:
+                if claimed.job_id in run.held:
+                    # Our own request for it is still out (its lease ran out and it was put
+                    # back): CLAIM renewed our lease, and that request's answer settles it.
+                    # Sending again would let the older answer be applied to the newer claim.
+                    continue
+                run.held[claimed.job_id] = claimed
+                fresh.append(claimed)
         started = 0
-        for claimed in claims:
-            if claimed.job_id in run.held:
-                # Our own request for it is still out (its lease ran out and it was put
-                # back): CLAIM renewed our lease, and that request's answer settles it.
-                # Sending again would let the older answer be applied to the newer claim.
-                continue
-            run.held[claimed.job_id] = claimed
-            run.limiter.take(1)
+        for claimed in await run.backpressure.admit(run.aconn, fresh):
             run.in_flight[claimed.job_id] = asyncio.create_task(self._deliver(run, claimed))
             started += 1
         self.counts.claimed += started
@@ -339,10 +343,11 @@ class IngestWorker(SimpleWorker):
             outcome = await run.client.send(claimed.body, claimed.website_id)
         except Exception as exc:  # never lose an event to a bug in a send path
             outcome = Outcome(Verdict.TRANSIENT, None, f"{type(exc).__name__}: {exc}")
-        run.limiter.release(throttled=outcome.throttled, retry_after=outcome.retry_after)
+        elapsed = time.perf_counter() - started
+        run.backpressure.report(claimed, outcome, elapsed, len(run.in_flight))
         status = "none" if outcome.status is None else str(outcome.status)
         self.counts.statuses[status] = self.counts.statuses.get(status, 0) + 1
-        self.metrics.delivery_seconds.observe(time.perf_counter() - started)
+        self.metrics.delivery_seconds.observe(elapsed)
         self.metrics.response(status)
         run.finished.append(
             decide(claimed, outcome, now=self._clock(), policy=self.policy, random=self._random)

@@ -81,6 +81,13 @@ def accounting_table(data: dict[str, Any], *, title: str) -> Table:
     if data.get("paused"):
         for site, reason in data["paused"].items():
             table.add_row(f"paused {site}", reason, style="bold red")
+    for view in data.get("send_rates", []):
+        held = view["hold_seconds"]
+        table.add_row(
+            f"send rate {view['credential']}",
+            f"{view['rate']:,.1f}/s" + (f", held {held:.1f} s" if held else ""),
+            style="bold yellow" if held else None,
+        )
     return table
 
 

@@ -108,6 +108,14 @@ class PausedWebsite(BaseModel):
     probe_requested: bool = False
 
 
+class SendRate(BaseModel):
+    """One credential's send rate, learned and shared by every worker."""
+
+    credential: str = Field(description="A short hash of the key, never the key.")
+    rate: float = Field(description="Requests/s.")
+    hold_seconds: float = Field(description="Seconds left of a hold after a run of 429s.")
+
+
 class Overview(BaseModel):
     queue: str
     identity: Identity
@@ -120,6 +128,7 @@ class Overview(BaseModel):
     oldest_queued_age_seconds: float | None
     workers: int
     paused: list[PausedWebsite]
+    send_rates: list[SendRate] = []
     read_at: datetime
 
 

@@ -180,6 +180,10 @@ class Console:
             oldest_queued_age_seconds=a.oldest_queued_age,
             workers=a.workers,
             paused=self._paused(a.paused),
+            send_rates=[
+                schemas.SendRate(credential=v.credential, rate=v.rate, hold_seconds=v.hold_seconds)
+                for v in a.send_rates
+            ],
             read_at=_stamp(now),
         )
 

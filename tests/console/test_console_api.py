@@ -284,6 +284,26 @@ async def test_the_api_key_never_appears(make_console: Any, redis_client: redis.
         assert "df_console_canary" not in answer.text
 
 
+@pytest.mark.anyio
+async def test_overview_shows_each_credentials_learned_send_rate(
+    make_console: Any, redis_client: redis.Redis
+) -> None:
+    from ingest.ratelimit import SendRate, credential_id
+    from ingest.scripts import BucketShape
+
+    limiter = SendRate(K, credential_id(API_KEY, None), BucketShape(100, 0.1, 1, 10, 5, 60))
+    limiter.acquire(redis_client, 1, now=time.time())
+    limiter.store(redis_client, rate=480.0, hold_until=0.0, learner="{}")
+    async with make_console() as console:
+        overview = (await console.get("/api/overview")).json()
+        page = await console.get("/")
+    assert overview["send_rates"] == [
+        {"credential": limiter.credential, "rate": 480.0, "hold_seconds": 0.0}
+    ]
+    assert limiter.credential in page.text
+    assert API_KEY not in page.text
+
+
 async def test_overview_reports_the_identity_and_its_figures(
     make_console: Any, redis_client: redis.Redis
 ) -> None:

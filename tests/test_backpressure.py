@@ -1,0 +1,138 @@
+"""The fleet against a rate-limited API: several real worker processes share one
+credential's learned send rate through Redis, against the sandbox's token bucket.
+
+Integration lane: real redis-server, the in-process sandbox with ``rate_limit``, workers as
+child processes. Each test is sized to finish in about 10 s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import spawn_worker
+
+from ingest.models import validate_payment
+from ingest.producer import Producer
+from ingest.ratelimit import read_send_rates
+from ingest.sandbox import DEFAULT_ACCOUNT_TOKEN, SandboxConfig, SandboxServer, TokenGrant
+from ingest.settings import Settings
+from ingest.stats import read_accounting
+
+SITE_A = "aaaaaaaaaaaaaaaaaaaaaaaa"
+SITE_B = "bbbbbbbbbbbbbbbbbbbbbbbb"
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxServer]:
+    grant = TokenGrant(websites=frozenset({SITE_A, SITE_B}))
+    with SandboxServer(SandboxConfig(account_tokens={DEFAULT_ACCOUNT_TOKEN: grant})) as server:
+        yield server
+
+
+def enqueue(redis_url: str, count: int, *, sites: tuple[str | None, ...] = (None,)) -> None:
+    producer = Producer(Settings(redis_url=redis_url), spool=False)
+    try:
+        producer.enqueue_many(
+            validate_payment(
+                amount=5,
+                currency="EUR",
+                transaction_id=f"bp-{i}",
+                website_id=sites[i % len(sites)],
+            )
+            for i in range(count)
+        )
+    finally:
+        producer.close()
+
+
+def receive_times(sandbox: SandboxServer, website: str | None = None) -> list[float]:
+    return sorted(
+        datetime.fromisoformat(r["first_received_at"]).timestamp()
+        for r in sandbox.records(website=website)
+    )
+
+
+def steady_rate(times: list[float], settle: float) -> float:
+    """Records per second after the first ``settle`` seconds of the run."""
+    steady = [t for t in times if t >= times[0] + settle]
+    return (len(steady) - 1) / (steady[-1] - steady[0])
+
+
+@pytest.mark.timeout(60)
+def test_three_workers_share_one_limit_deliver_near_it_and_lose_nothing(
+    redis_url: str, redis_client: redis.Redis, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    # Three processes, not more: starting each costs seconds of CPU on a busy machine.
+    limit, events = 100, 650
+    sandbox.set_faults(rate_limit=limit, rate_limit_burst=limit // 5)
+    enqueue(redis_url, events)
+    workers = [spawn_worker(redis_url, sandbox.url, tmp_path) for _ in range(3)]
+    settle = 3.5
+    deadline = time.monotonic() + 30
+    while not sandbox.stats()["recorded"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(settle)
+    settled = sandbox.stats()
+    for worker in workers:
+        assert worker.wait(timeout=45) == 0, worker.output()
+
+    assert len(sandbox.records()) == events
+    assert read_accounting(redis_client, "payments").lost == 0
+    final = sandbox.stats()
+    # After the first seconds (slow start overshoots, then cuts): at most 10% of POSTs are
+    # 429 in this short run; bench/backpressure.py measures the 5% target over 30 s.
+    throttled = final["by_status"].get("429", 0) - settled["by_status"].get("429", 0)
+    posts = final["requests"] - settled["requests"]
+    assert throttled <= 0.10 * posts, (settled, final)
+    rate = steady_rate(receive_times(sandbox), settle=settle)
+    assert 0.7 * limit <= rate <= 1.1 * limit, f"fleet delivered {rate:.0f}/s against {limit}"
+
+
+@pytest.mark.timeout(60)
+def test_two_credentials_are_limited_independently(
+    redis_url: str, redis_client: redis.Redis, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    # One dft_ token acting for two websites is two credentials, each with its own bucket
+    # at the API and its own send rate here: together they go twice as fast as either.
+    limit = 40
+    sandbox.set_faults(rate_limit=limit, rate_limit_burst=5)
+    enqueue(redis_url, 400, sites=(SITE_A, SITE_B))
+    worker = spawn_worker(
+        redis_url, sandbox.url, tmp_path, api_key=DEFAULT_ACCOUNT_TOKEN, website_id=SITE_A
+    )
+    assert worker.wait(timeout=45) == 0, worker.output()
+
+    for site in (SITE_A, SITE_B):
+        rate = steady_rate(receive_times(sandbox, site), settle=1.5)
+        assert rate >= 0.8 * limit, f"website {site} delivered {rate:.0f}/s against {limit}"
+    assert len(read_send_rates(redis_client, "payments", now=time.time())) == 2
+    assert read_accounting(redis_client, "payments").lost == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_credential_held_by_a_run_of_429s_is_released_after_retry_after(
+    redis_url: str, redis_client: redis.Redis, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    sandbox.set_faults(fail_all_status=429, retry_after=2)
+    enqueue(redis_url, 200)
+    worker = spawn_worker(redis_url, sandbox.url, tmp_path)
+    deadline = time.monotonic() + 20
+    held: list[float] = []
+    while time.monotonic() < deadline and not held:
+        held = [v.hold_seconds for v in read_send_rates(redis_client, "payments", now=time.time())]
+        held = [h for h in held if h > 0]
+        time.sleep(0.05)
+    assert held, "the credential was never held"
+    assert held[0] <= 2.0
+    sandbox.set_faults(fail_all_status=None)
+    assert worker.wait(timeout=40) == 0, worker.output()
+
+    assert len(sandbox.records()) == 200
+    assert read_accounting(redis_client, "payments").lost == 0
+    throttled = sandbox.stats()["by_status"]["429"]
+    assert throttled < 200, f"{throttled} 429s: the hold did not stop the sending"
