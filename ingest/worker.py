@@ -11,8 +11,8 @@ commands a job) cannot do.
 The loop, top to bottom (``_run`` repeats ``_poll_iteration`` until stopped, then
 ``_shutdown_gracefully``); what one run holds (connections, events in hand) is a ``_Run``:
 
-1. ``_housekeep``, every ``lease/4`` s: heartbeat (RQ's worker key, and the leases of events
-   in flight); reclaim events whose worker died; probe websites paused by an auth failure;
+1. ``_housekeep``, every second: heartbeat (RQ's worker key, and the leases of events in
+   flight); reclaim events whose worker died; probe websites paused by an auth failure;
 2. ``_claim`` as many events as there is room for (the shared :class:`AdaptiveLimiter`
    shrinks the room after a 429) and start one ``_deliver`` task per event;
 3. ``_acknowledge`` finished requests in one batch: delivered, scheduled for retry,
@@ -67,6 +67,11 @@ from .timestamps import utc_iso
 
 _IDLE_POLL = 0.1  # seconds between claims while the queue is empty
 _TICK = 0.005  # batch window: finished requests are acknowledged together
+# Leases are renewed, and expired ones reclaimed, this often: a SIGKILLed worker's events
+# are back within INGEST_LEASE_SECONDS + this, and a live worker would have to stall for
+# most of a lease to lose one. A pass costs a few Redis commands and well under a
+# millisecond of CPU, whatever the lease.
+_HOUSEKEEPING_EVERY = 1.0
 
 
 @dataclass(slots=True)
@@ -99,6 +104,7 @@ class _Run:
     next_housekeeping: float = 0.0
     redis_backoff: float = 0.0  # seconds; doubles while Redis stays unavailable
     last_probe: dict[str, float] = field(default_factory=dict)  # paused website -> when
+    probes: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # website -> probe
 
 
 def decide(
@@ -258,7 +264,7 @@ class IngestWorker(SimpleWorker):
         """
         if self._clock() >= run.next_housekeeping:
             await self._housekeep(run)
-            run.next_housekeeping = self._clock() + max(1.0, self.settings.lease_seconds / 4)
+            run.next_housekeeping = self._clock() + _HOUSEKEEPING_EVERY
         started = await self._claim(run)
         self.metrics.in_flight.set(len(run.in_flight))
         self.metrics.send_limit.set(int(run.limiter.limit))
@@ -390,7 +396,7 @@ class IngestWorker(SimpleWorker):
         deadline = time.monotonic() + self.settings.shutdown_grace
         while run.in_flight and not self._stop_now and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        tasks = list(run.in_flight.values())
+        tasks = [*run.in_flight.values(), *run.probes.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -444,8 +450,24 @@ class IngestWorker(SimpleWorker):
             last = run.last_probe.get(site, 0.0)
             if not requested and now - last < self.settings.auth_probe_interval:
                 continue
+            probe = run.probes.get(site)
+            if probe is not None and not probe.done():
+                continue
             run.last_probe[site] = now
-            await self._probe(run, site, json.loads(raw_reason), now)
+            # A task, not awaited here: a probe may take INGEST_REQUEST_TIMEOUT, longer than
+            # a lease, and housekeeping must go on renewing our leases meanwhile.
+            run.probes[site] = asyncio.create_task(
+                self._probe_quietly(run, site, json.loads(raw_reason), now)
+            )
+
+    async def _probe_quietly(
+        self, run: _Run, site: str, reason: dict[str, Any], now: float
+    ) -> None:
+        try:
+            await self._probe(run, site, reason, now)
+        except (redis.RedisError, OSError) as exc:
+            # Redis went away mid-probe: the loop backs off by itself; the next pass probes.
+            self._log.warning("auth probe interrupted", website=site, error=type(exc).__name__)
 
     async def _probe(self, run: _Run, site: str, reason: dict[str, Any], now: float) -> None:
         aconn = run.aconn
