@@ -178,12 +178,9 @@ def recovery_figures(env: BenchEnv, figures: Figures, side: str, events: int) ->
                 raise RuntimeError("recovery: orphans still leased after 90 s")
             else:
                 time.sleep(0.05)
-        # Let the live worker finish, then read how many events it put back.
-        deadline = time.monotonic() + 120
-        while env.r.llen(f"rq:queue:{OUR_QUEUE}") or env.r.zcard(wip):
-            if time.monotonic() > deadline:
-                raise RuntimeError("recovery: queue not drained within 120 s")
-            time.sleep(0.1)
+        # Two more housekeeping passes of the live worker: anything of its own that it put
+        # back would be logged by then (the log line is written when RECLAIM returns).
+        time.sleep(3.0)
     finally:
         for proc in procs.values():
             env.children.stop(proc, grace=20)
@@ -318,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "kill" not in skip:
             each(
                 "SIGKILL recovery at default settings",
-                lambda side: recovery_figures(env, figures, side, 30_000),
+                lambda side: recovery_figures(env, figures, side, 20_000),
                 1,
             )
         if args.backlog:
