@@ -367,9 +367,14 @@ class IngestWorker(SimpleWorker):
             dedup_window=self.settings.dedup_window,
         )
         del run.finished[: len(batch)]
+        # One increment per outcome and batch, not a label lookup and a lock per event.
+        tally: dict[str, int] = {}
         for entry in batch:
             run.held.pop(entry.job_id, None)
-            self._count(entry)
+            outcome = self._count(entry)
+            tally[outcome] = tally.get(outcome, 0) + 1
+        for outcome, n in tally.items():
+            self.metrics.outcomes[outcome].inc(n)
         if stale:
             self.counts.stale += stale
             self._log.warning(
@@ -498,30 +503,31 @@ class IngestWorker(SimpleWorker):
             "delivery resumed: credentials accepted again", website=site, released=released
         )
 
-    def _count(self, entry: Acknowledgement) -> None:
+    def _count(self, entry: Acknowledgement) -> str:
+        """Count one acknowledged outcome in ``self.counts``; its ``outcome`` label."""
         c = self.counts
         match entry:
             case Delivered(api_duplicate=duplicate):
                 c.delivered += 1
                 c.api_duplicates += int(duplicate)
-                self.metrics.outcomes["duplicate" if duplicate else "delivered"].inc()
+                return "duplicate" if duplicate else "delivered"
             case Retry():
                 c.retried += 1
-                self.metrics.outcomes["retried"].inc()
+                return "retried"
             case Dead():
                 c.dead_lettered += 1
-                self.metrics.outcomes["dead_lettered"].inc()
+                return "dead_lettered"
             case Park(website=website, reason=reason):
                 c.parked += 1
-                self.metrics.outcomes["parked"].inc()
                 self._log.error(
                     "delivery paused: the Payments API refuses our credentials",
                     website=website,
                     reason=json.dumps(reason),
                 )
+                return "parked"
             case Return():
                 c.returned += 1
-                self.metrics.outcomes["returned"].inc()
+                return "returned"
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
