@@ -92,8 +92,12 @@ class Payment:
         rest["refunded"] = self.refunded
         rest["is_free_trial"] = self.is_free_trial
         rest["timestamp"] = utc_iso(self.timestamp)
-        encoded = json.dumps(rest, ensure_ascii=False, separators=(",", ":"))
+        encoded = _encode_wire(rest)
         return '{"amount":' + format_amount(self.amount) + "," + encoded[1:]
+
+
+# Built once: json.dumps with options builds a new encoder on every call (every enqueue).
+_encode_wire = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def event_id(website_id: str | None, transaction_id: str, *, refunded: bool) -> str:

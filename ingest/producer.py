@@ -176,21 +176,22 @@ class _ProducerBase:
         self._spool_dirty = self.spool is not None and self.spool.pending() > 0
         self._enqueue = Enqueue(self.keys)
 
-    def _script_call(self, payment: Payment) -> tuple[list[bytes], list[bytes]]:
+    def _script_call(self, payment: Payment, job_id: str) -> tuple[list[bytes], list[bytes]]:
         return self._enqueue.arguments(
-            job_id=payment.job_id,
+            job_id=job_id,
             data=job_data(payment),
             website=payment.website_id or keys.DEFAULT_SITE,
             description=job_description(payment),
             refund=payment.refunded,
-            payment_job_id=payment.payment_job_id,
+            # A payment's own id (a hash) unless it is a refund: computed once per enqueue.
+            payment_job_id=payment.payment_job_id if payment.refunded else job_id,
             now=datetime.now(UTC),
         )
 
-    def _receipt(self, payment: Payment, result: Any) -> Receipt:
+    def _receipt(self, payment: Payment, result: Any, job_id: str | None = None) -> Receipt:
         status = _RESULTS[int(result)]
         self._enqueued_by_status[status].inc()
-        return Receipt(payment.job_id, payment.transaction_id, status)
+        return Receipt(job_id or payment.job_id, payment.transaction_id, status)
 
     def _spooled(self, payments: list[Payment], exc: BaseException | None) -> list[Receipt]:
         """Redis failed (``exc``) or the open breaker kept us from it (``None``): keep the
@@ -328,7 +329,8 @@ class Producer(_ProducerBase):
         """Put one validated event on the queue: one round trip (``EVALSHA``), or the spool."""
         if not self.breaker.allow() or self._behind_spool([payment]):
             return self._spool_only([payment])[0]
-        call = self._script_call(payment)
+        job_id = payment.job_id
+        call = self._script_call(payment, job_id)
         try:
             result = self._enqueue.run(self.connection, call)
         except (redis.RedisError, OSError) as exc:
@@ -338,7 +340,7 @@ class Producer(_ProducerBase):
         self._after_success()
         if not self._queue_listed:
             self._list_queue()
-        return self._receipt(payment, result)
+        return self._receipt(payment, result, job_id)
 
     def _list_queue(self) -> None:
         # Once per producer: enter the queue in RQ's set so `rq info` lists it before any
@@ -377,7 +379,7 @@ class Producer(_ProducerBase):
     def _pipelined(self, batch: list[Payment]) -> list[Any]:
         with self.connection.pipeline(transaction=False) as pipe:
             for payment in batch:
-                self._enqueue.add_to(pipe, self._script_call(payment))
+                self._enqueue.add_to(pipe, self._script_call(payment, payment.job_id))
             return list(pipe.execute(raise_on_error=False))
 
     def close(self) -> None:
@@ -429,7 +431,8 @@ class AsyncProducer(_ProducerBase):
         self._bind()
         if not self.breaker.allow() or self._behind_spool([payment]):
             return self._spool_only([payment])[0]
-        call = self._script_call(payment)
+        job_id = payment.job_id
+        call = self._script_call(payment, job_id)
         try:
             # A bound of our own besides the socket's (a pool wait, a slow connect); and
             # asyncio.timeout, not wait_for, which would start a task per call.
@@ -442,7 +445,7 @@ class AsyncProducer(_ProducerBase):
         self._after_success()
         if not self._queue_listed:
             await self._list_queue()
-        return self._receipt(payment, result)
+        return self._receipt(payment, result, job_id)
 
     async def _list_queue(self) -> None:
         with contextlib.suppress(redis.RedisError):
@@ -477,7 +480,7 @@ class AsyncProducer(_ProducerBase):
     async def _pipelined(self, batch: list[Payment]) -> list[Any]:
         async with self.connection.pipeline(transaction=False) as pipe:
             for payment in batch:
-                self._enqueue.add_to(pipe, self._script_call(payment))
+                self._enqueue.add_to(pipe, self._script_call(payment, payment.job_id))
             return list(await pipe.execute(raise_on_error=False))
 
     async def aclose(self) -> None:

@@ -223,6 +223,8 @@ class Enqueue:
         self._deferred = keys.deferred.encode()
         self._dead_in = DEAD_IN.encode()
         self._name = keys.name.encode()
+        sha = self.script.sha.encode()
+        self._sha = b"$%d\r\n%s\r\n" % (len(sha), sha)
 
     def arguments(
         self,
@@ -258,7 +260,31 @@ class Enqueue:
         return keys, args
 
     def run(self, conn: redis.Redis, call: tuple[list[bytes], list[bytes]]) -> int:
-        return int(self.script.run(conn, *call))
+        """Send ``EVALSHA`` as one pre-packed write on a pooled connection.
+
+        redis-py would pack the ~18 arguments again, one ``encode`` and ``isinstance`` chain
+        each, and record each command for its observability hooks: a quarter of an
+        enqueue's CPU. The reply, errors and NOSCRIPT fallback are the same; a connection
+        that fails mid-call is dropped, as redis-py drops it.
+        """
+        if conn.connection is not None:  # a single-connection client: no pool to borrow from
+            return int(self.script.run(conn, *call))
+        packed = self.packed(call)
+        try:
+            return int(_send_packed(conn, packed))
+        except NoScriptError:
+            conn.script_load(self.script.source)
+            return int(_send_packed(conn, packed))
+
+    def packed(self, call: tuple[list[bytes], list[bytes]]) -> bytes:
+        """The call as RESP: ``EVALSHA sha 7 keys... args...``, ready for the socket."""
+        keys, args = call
+        numkeys = str(len(keys)).encode()
+        parts = [b"*", str(3 + len(keys) + len(args)).encode(), b"\r\n$7\r\nEVALSHA\r\n"]
+        parts += (self._sha, b"$", str(len(numkeys)).encode(), b"\r\n", numkeys, b"\r\n")
+        for item in (*keys, *args):
+            parts += (b"$", str(len(item)).encode(), b"\r\n", item, b"\r\n")
+        return b"".join(parts)
 
     async def run_async(
         self, conn: redis.asyncio.Redis, call: tuple[list[bytes], list[bytes]]
@@ -295,6 +321,22 @@ async def renew(
     members = {f"{job_id}:{worker}": score for job_id in job_ids}
     if members:
         await conn.zadd(keys.started, members, xx=True)
+
+
+def _send_packed(conn: redis.Redis, packed: bytes) -> Any:
+    pool = conn.connection_pool
+    # redis-py's Connection is untyped here: narrowed at this one seam.
+    connection: Any = pool.get_connection()
+    try:
+        connection.send_packed_command([packed], check_health=False)
+        return connection.read_response()
+    except redis.ResponseError:
+        raise  # an error reply, read in full: the connection is fine
+    except BaseException:
+        connection.disconnect()
+        raise
+    finally:
+        pool.release(connection)
 
 
 # -- CLAIM ---------------------------------------------------------------------------------------

@@ -93,10 +93,10 @@ class Settings(BaseSettings):
         description="Requests/s a credential's learned send rate never exceeds.",
     )
     lease_seconds: int = Field(
-        default=20,
+        default=8,
         ge=3,
         description="An event held by a worker that stops heartbeating returns to the queue "
-        "after this long.",
+        "after this long (plus up to a second).",
     )
     auth_probe_interval: float = Field(
         default=30.0,

@@ -11,8 +11,8 @@ commands a job) cannot do.
 The loop, top to bottom (``_run`` repeats ``_poll_iteration`` until stopped, then
 ``_shutdown_gracefully``); what one run holds (connections, events in hand) is a ``_Run``:
 
-1. ``_housekeep``, every ``lease/4`` s: heartbeat (RQ's worker key, and the leases of events
-   in flight); reclaim events whose worker died; probe websites paused by an auth failure;
+1. ``_housekeep``, every second: heartbeat (RQ's worker key, and the leases of events in
+   flight); reclaim events whose worker died; probe websites paused by an auth failure;
 2. ``_claim`` as many events as the concurrency limit leaves room for, and start one
    ``_deliver`` task per event its credential's shared send rate admits now (the others
    wait for permits: :mod:`ingest.backpressure`);
@@ -70,6 +70,11 @@ from .timestamps import utc_iso
 
 _IDLE_POLL = 0.1  # seconds between claims while the queue is empty
 _TICK = 0.005  # batch window: finished requests are acknowledged together
+# Leases are renewed, and expired ones reclaimed, this often: a SIGKILLed worker's events
+# are back within INGEST_LEASE_SECONDS + this, and a live worker would have to stall for
+# most of a lease to lose one. A pass costs a few Redis commands and well under a
+# millisecond of CPU, whatever the lease.
+_HOUSEKEEPING_EVERY = 1.0
 
 
 @dataclass(slots=True)
@@ -102,6 +107,7 @@ class _Run:
     next_housekeeping: float = 0.0
     redis_backoff: float = 0.0  # seconds; doubles while Redis stays unavailable
     last_probe: dict[str, float] = field(default_factory=dict)  # paused website -> when
+    probes: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # website -> probe
 
 
 def decide(
@@ -264,7 +270,7 @@ class IngestWorker(SimpleWorker):
         """
         if self._clock() >= run.next_housekeeping:
             await self._housekeep(run)
-            run.next_housekeeping = self._clock() + max(1.0, self.settings.lease_seconds / 4)
+            run.next_housekeeping = self._clock() + _HOUSEKEEPING_EVERY
         started = await self._claim(run)
         self.metrics.in_flight.set(len(run.in_flight))
         self.metrics.send_limit.set(int(run.backpressure.concurrency.limit))
@@ -369,9 +375,14 @@ class IngestWorker(SimpleWorker):
             dedup_window=self.settings.dedup_window,
         )
         del run.finished[: len(batch)]
+        # One increment per outcome and batch, not a label lookup and a lock per event.
+        tally: dict[str, int] = {}
         for entry in batch:
             run.held.pop(entry.job_id, None)
-            self._count(entry)
+            outcome = self._count(entry)
+            tally[outcome] = tally.get(outcome, 0) + 1
+        for outcome, n in tally.items():
+            self.metrics.outcomes[outcome].inc(n)
         if stale:
             self.counts.stale += stale
             self._log.warning(
@@ -398,7 +409,7 @@ class IngestWorker(SimpleWorker):
         deadline = time.monotonic() + self.settings.shutdown_grace
         while run.in_flight and not self._stop_now and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        tasks = list(run.in_flight.values())
+        tasks = [*run.in_flight.values(), *run.probes.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -466,8 +477,24 @@ class IngestWorker(SimpleWorker):
             last = run.last_probe.get(site, 0.0)
             if not requested and now - last < self.settings.auth_probe_interval:
                 continue
+            probe = run.probes.get(site)
+            if probe is not None and not probe.done():
+                continue
             run.last_probe[site] = now
-            await self._probe(run, site, json.loads(raw_reason), now)
+            # A task, not awaited here: a probe may take INGEST_REQUEST_TIMEOUT, longer than
+            # a lease, and housekeeping must go on renewing our leases meanwhile.
+            run.probes[site] = asyncio.create_task(
+                self._probe_quietly(run, site, json.loads(raw_reason), now)
+            )
+
+    async def _probe_quietly(
+        self, run: _Run, site: str, reason: dict[str, Any], now: float
+    ) -> None:
+        try:
+            await self._probe(run, site, reason, now)
+        except (redis.RedisError, OSError) as exc:
+            # Redis went away mid-probe: the loop backs off by itself; the next pass probes.
+            self._log.warning("auth probe interrupted", website=site, error=type(exc).__name__)
 
     async def _probe(self, run: _Run, site: str, reason: dict[str, Any], now: float) -> None:
         aconn = run.aconn
@@ -501,31 +528,32 @@ class IngestWorker(SimpleWorker):
             "delivery resumed: credentials accepted again", website=site, released=released
         )
 
-    def _count(self, entry: Acknowledgement) -> None:
+    def _count(self, entry: Acknowledgement) -> str:
+        """Count one acknowledged outcome in ``self.counts``; its ``outcome`` label."""
         c = self.counts
         match entry:
             case Delivered(api_duplicate=duplicate):
                 c.delivered += 1
                 c.api_duplicates += int(duplicate)
-                self.metrics.outcomes["duplicate" if duplicate else "delivered"].inc()
+                return "duplicate" if duplicate else "delivered"
             case Retry():
                 c.retried += 1
-                self.metrics.outcomes["retried"].inc()
+                return "retried"
             case Dead():
                 c.dead_lettered += 1
-                self.metrics.outcomes["dead_lettered"].inc()
+                return "dead_lettered"
             case Park(website=website, reason=reason):
                 c.parked += 1
-                self.metrics.outcomes["parked"].inc()
                 self._log.error(
                     "delivery paused: the Payments API refuses our credentials",
                     website=website,
                     status=reason.get("status"),
                     api_message_sha256=fingerprint(str(reason.get("error", ""))),
                 )
+                return "parked"
             case Return():
                 c.returned += 1
-                self.metrics.outcomes["returned"].inc()
+                return "returned"
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.errors import IngestError, ValidationError
+from ingest.jobs import DELIVER_FUNCTION, job_data
 from ingest.models import Payment, event_id, validate_payment
 
 NOW = datetime(2026, 5, 1, 12, 0, 0, 123000, tzinfo=UTC)
@@ -519,3 +520,25 @@ def test_a_refund_has_its_own_job_id_and_knows_its_payments() -> None:
     refund = valid(transaction_id="pi_9", refunded=True)
     assert refund.job_id != payment.job_id
     assert refund.payment_job_id == payment.job_id
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({}, id="no-website"),
+        pytest.param({"website_id": "5f1c2a4e3b2d1c0a9f8e7d6c"}, id="website"),
+        pytest.param(
+            {"name": 'Zoë "Q" \\ O\'Brien\u2028\t', "email": "zoë@example.com"}, id="escapes"
+        ),
+    ],
+)
+def test_job_data_is_exactly_what_json_dumps_writes_for_rqs_call_tuple(
+    fields: dict[str, str],
+) -> None:
+    payment = valid(transaction_id='pi_"quoted"_ü', **fields)
+    expected = json.dumps(
+        [DELIVER_FUNCTION, None, [payment.wire_body(), payment.website_id], {}],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    assert job_data(payment) == expected

@@ -22,11 +22,11 @@ from rq.serializers import JSONSerializer
 from ingest import keys
 from ingest.delivery import Outcome, Verdict
 from ingest.errors import ValidationError
-from ingest.jobs import Claimed
+from ingest.jobs import Claimed, job_data
 from ingest.models import Payment, validate_payment
 from ingest.producer import Producer, Receipt, Rejected, enqueue_payment, enqueue_payments
 from ingest.retry import RetryPolicy
-from ingest.scripts import ENQUEUE, Retry, ack, claim
+from ingest.scripts import ENQUEUE, Enqueue, Retry, ack, claim
 from ingest.settings import Settings
 from ingest.worker import decide
 
@@ -184,6 +184,23 @@ def test_enqueue_sends_no_top_level_command_but_evalsha(
             seen.append(command)
     top_level = [c["command"].split()[0] for c in seen if c["client_type"] != "lua"]
     assert top_level == ["EVALSHA"]
+
+
+def test_prepacked_enqueue_is_byte_for_byte_what_redis_py_would_send() -> None:
+    enqueue = Enqueue(keys.QueueKeys("payments"))
+    event = payment("pi_packed", name='Zoë "Q"')
+    call = enqueue.arguments(
+        job_id=event.job_id,
+        data=job_data(event),
+        website="-",
+        description="payment pi_packed",
+        refund=False,
+        payment_job_id=event.job_id,
+        now=datetime(2027, 1, 15, tzinfo=UTC),
+    )
+    ks, args = call
+    expected = redis.Connection().pack_command("EVALSHA", Enqueue.script.sha, len(ks), *ks, *args)
+    assert enqueue.packed(call) == b"".join(expected)
 
 
 def test_enqueue_loads_the_script_when_redis_has_forgotten_it(

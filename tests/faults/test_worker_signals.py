@@ -8,15 +8,17 @@ import time
 
 import pytest
 
+from ingest.settings import Settings
+
 from .harness import EXIT_SLACK, FAST_WORKER_SETTINGS, FaultStack, assert_accounted, payment_ids
 
 pytestmark = pytest.mark.integration
 
 LEASE = float(FAST_WORKER_SETTINGS["lease_seconds"])
 # A dead worker's lease runs out at most LEASE after its last heartbeat, and a live worker
-# reclaims expired leases every max(1, LEASE/4) s; the rest is slack for process start-up
-# on a loaded 2-core machine.
-RECOVERY_BOUND = LEASE + max(1.0, LEASE / 4) + 2.0
+# reclaims expired leases every second; the rest is slack for process start-up on a loaded
+# 2-core machine.
+RECOVERY_BOUND = LEASE + 1.0 + 2.0
 
 
 def test_sigkill_mid_drain_loses_nothing_and_recovers_within_bound(stack: FaultStack) -> None:
@@ -132,3 +134,43 @@ def test_sigterm_with_requests_slower_than_grace_returns_them_to_the_queue(
     final = stack.count("slow SIGTERM then drained")
     assert_accounted(final)
     assert final.delivered == total
+
+
+# The default lease, as a worker started without INGEST_LEASE_SECONDS gets it.
+DEFAULT_LEASE = str(Settings.model_fields["lease_seconds"].default)
+DEFAULT_RECOVERY_TARGET = 10.0  # seconds (issue 17)
+
+
+def test_sigkill_at_default_lease_recovers_within_10_s_and_resends_no_live_workers_events(
+    stack: FaultStack,
+) -> None:
+    total = 4000
+    stack.sandbox.set_faults(latency_ms=50)
+    stack.enqueue(payment_ids("default-lease", total))
+    stack.start_worker(name="alive", concurrency="32", lease_seconds=DEFAULT_LEASE)
+    victim = stack.start_worker(name="victim", concurrency="32", lease_seconds=DEFAULT_LEASE)
+    stack.wait_for("500 deliveries", lambda a: a.delivered >= 500, timeout=60)
+
+    victim.send(signal.SIGKILL)
+    killed_at = time.monotonic()
+    victim.wait(5)
+    orphans = {m for m in stack.wip_members() if m.endswith(":victim")}
+    assert orphans, "the victim held no lease when killed: not mid-drain"
+    back_after: float | None = None
+    while back_after is None:
+        if not orphans & set(stack.wip_members()):
+            back_after = time.monotonic() - killed_at
+        elif time.monotonic() - killed_at > 4 * DEFAULT_RECOVERY_TARGET:
+            raise AssertionError(f"orphans still leased after 40 s\n{stack.explain()}")
+        time.sleep(0.05)
+    print(f"SIGKILL at the default {DEFAULT_LEASE} s lease: back after {back_after:.2f} s")
+
+    stack.wait_drained(timeout=60)
+    count = stack.count("SIGKILL at the default lease")
+    assert_accounted(count)
+    assert count.delivered == total
+    # Only the killed worker's events may have been sent twice: the live worker kept its own.
+    assert count.duplicates <= len(orphans)
+    assert back_after <= DEFAULT_RECOVERY_TARGET, (
+        f"events of a worker killed at the default lease back after {back_after:.1f} s"
+    )

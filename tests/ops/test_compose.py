@@ -310,8 +310,8 @@ def test_dockerfile_builds_on_python_311_slim() -> None:
 
 def test_dockerfile_installs_the_package_with_pip() -> None:
     runs = [rest for keyword, rest in dockerfile_instructions() if keyword == "RUN"]
-    # The package itself (".", with or without extras such as ".[uvloop]").
-    assert any(re.match(r"""pip install ("?)\.(\[[a-z,]+\])?\1(\s|$)""", run) for run in runs)
+    # The package itself, with extras or without: `pip install .` or `pip install ".[uvloop]"`.
+    assert any(re.match(r'pip install "?\.(\[[\w,]+\])?"?(\s|$)', run) for run in runs)
 
 
 def test_dockerfile_runs_as_a_non_root_user() -> None:
