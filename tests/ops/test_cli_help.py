@@ -38,6 +38,10 @@ def command_paths() -> list[list[str]]:
     return paths
 
 
+# An option given no default: None before click 8.3, its UNSET sentinel from then on.
+NO_DEFAULT = (None, getattr(click.core, "UNSET", None))
+
+
 def options_with_a_default(path: list[str]) -> list[click.Option]:
     command: click.Command = cli
     for name in path:
@@ -48,7 +52,7 @@ def options_with_a_default(path: list[str]) -> list[click.Option]:
         for p in command.params
         if isinstance(p, click.Option)
         and not p.is_flag
-        and p.default is not None
+        and p.default not in NO_DEFAULT
         and not p.multiple
         and p.name != "help"
     ]
