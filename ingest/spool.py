@@ -257,6 +257,11 @@ class Spool:
         except BlockingIOError:
             handle.close()  # a live producer is still writing it
             return None
+        if not self._still_named(path, handle):
+            # Another flusher moved this file on (renamed, or flushed and deleted it) before
+            # letting go of the lock we then got: it is not ours to send.
+            handle.close()
+            return None
         if path.suffix == ".flushing":
             return path, handle
         target = path.with_suffix(".flushing")
@@ -268,6 +273,13 @@ class Spool:
         if self.fsync:
             sync_directory(self.directory)
         return target, handle
+
+    @staticmethod
+    def _still_named(path: Path, handle: IO[bytes]) -> bool:
+        try:
+            return os.fstat(handle.fileno()).st_ino == path.stat().st_ino
+        except FileNotFoundError:
+            return False
 
     def _flush_file(
         self,

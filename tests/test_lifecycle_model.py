@@ -162,8 +162,16 @@ def lifecycle_machine(redis_url: str, workdir: Path) -> type[RuleBasedStateMachi
         def _enqueue(self, transaction_id: str, refund: bool, queue: str) -> None:
             if refund and transaction_id not in self.paid:
                 return  # a refund of a payment never made is not ours to order
-            self.producers[queue].enqueue(event(transaction_id, refund=refund))
+            receipt = self.producers[queue].enqueue(event(transaction_id, refund=refund))
             self.paid |= {transaction_id} if not refund else set()
+            if receipt.status == "spooled":
+                self._watchdogs_flush()  # a refund behind spooled events
+
+        def _watchdogs_flush(self) -> None:
+            # What each live producer's watchdog does once Redis answers: flush, its own
+            # file included. The first may hold refunds back while the other still writes.
+            for producer in (*self.producers.values(), self.producers["payments"]):
+                producer.flush_spool()
 
         @initialize(transaction_ids=st.sets(st.sampled_from(TRANSACTIONS), min_size=1))
         def payments_are_made(self, transaction_ids: set[str]) -> None:
@@ -196,7 +204,7 @@ def lifecycle_machine(redis_url: str, workdir: Path) -> type[RuleBasedStateMachi
             # Redis is back: live processes enqueue before anyone flushes, then a flush.
             for transaction_id, refund in after:
                 self._enqueue(transaction_id, refund, "payments")
-            self.producers["payments"].flush_spool()
+            self._watchdogs_flush()
 
         # -- workers ----------------------------------------------------------------------
 
@@ -292,10 +300,16 @@ def lifecycle_machine(redis_url: str, workdir: Path) -> type[RuleBasedStateMachi
 
         def _erase(self, visitor: str) -> None:
             for transaction_id in self.paid:
-                if visitor_of(transaction_id) == visitor:
-                    self.gone.add(transaction_id)
+                if visitor_of(transaction_id) == visitor and self._holds_payment(transaction_id):
+                    self.gone.add(transaction_id)  # erased before it was sent
             for queue in QUEUES:
                 erase_local(self.conn, queue, build_request(visitor_id=visitor, all_time=True))
+
+        def _holds_payment(self, transaction_id: str) -> bool:
+            payment_id = event_id_of(transaction_id, refund=False)
+            return bool(self.conn.exists(keys.job_key(payment_id))) or any(
+                self.conn.hexists(keys.QueueKeys(q).dead, payment_id) for q in QUEUES
+            )
 
         @invariant()
         def rq_info_exits_0(self) -> None:
