@@ -7,19 +7,21 @@ By default the session starts its own ``redis-server`` on a free loopback port (
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import fakeredis
 import pytest
 import redis
+import redis.asyncio
 
 from ingest.embedded import RedisServer, find_redis_server
 from ingest.errors import ConfigurationError
@@ -281,3 +283,19 @@ def start_worker(redis_url: str, sandbox: SandboxServer, tmp_path: Path) -> Iter
     finally:
         for worker in started:
             worker.stop()
+
+
+T = TypeVar("T")
+
+
+def run_on(redis_url: str, call: Callable[[redis.asyncio.Redis], Awaitable[T]]) -> T:
+    """Run one of the worker's script wrappers (they are async) on the test's Redis."""
+
+    async def main() -> T:
+        conn = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            return await call(conn)
+        finally:
+            await conn.aclose()
+
+    return asyncio.run(main())

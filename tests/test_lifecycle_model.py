@@ -13,10 +13,8 @@ the API's answer scripted, so a step takes milliseconds instead of a process's s
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -26,6 +24,7 @@ import pytest
 import redis
 import redis.asyncio
 from click.testing import CliRunner
+from conftest import run_on
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -98,17 +97,6 @@ class FakeApi:
         if kind in ("503", "429"):
             return classify(int(kind), b"{}", "0")
         return classify(None, error="request exceeded its deadline")
-
-
-def run_on(url: str, call: Callable[[redis.asyncio.Redis], Awaitable[T]]) -> T:
-    async def main() -> T:
-        conn = redis.asyncio.Redis.from_url(url)
-        try:
-            return await call(conn)
-        finally:
-            await conn.aclose()
-
-    return asyncio.run(main())
 
 
 def rq_info(url: str) -> tuple[int, str]:

@@ -7,14 +7,14 @@ hash. Each test drives the scripts at chosen moments, so minute boundaries are e
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
 import pytest
 import redis
 import redis.asyncio
+from conftest import run_on
 
 from ingest import keys
 from ingest.jobs import job_data, job_description
@@ -29,19 +29,6 @@ T0 = MINUTE * 60.0
 WORKER = "series-worker"
 FIELDS = {b"delivered", b"dead_lettered", b"depth", b"oldest_age"}
 T = TypeVar("T")
-
-
-def run_on(redis_url: str, call: Callable[[redis.asyncio.Redis], Awaitable[T]]) -> T:
-    """Run one of the worker's (async) script wrappers on the test's Redis."""
-
-    async def main() -> T:
-        conn = redis.asyncio.Redis.from_url(redis_url)
-        try:
-            return await call(conn)
-        finally:
-            await conn.aclose()
-
-    return asyncio.run(main())
 
 
 def enqueue(client: redis.Redis, transaction_ids: Sequence[str], *, at: float) -> list[str]:

@@ -5,16 +5,16 @@ Integration lane: the session's redis-server (``redis_url`` is emptied for every
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import pytest
 import redis
 import redis.asyncio
+from conftest import run_on
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
@@ -102,19 +102,6 @@ def queued_ids(client: redis.Redis) -> list[str]:
 
 
 # -- what the worker does with an event, via its own scripts ---------------------------------------
-
-
-def run_on(redis_url: str, call: Callable[[redis.asyncio.Redis], Awaitable[T]]) -> T:
-    """Run one of the worker's script wrappers (they are async) on the test's Redis."""
-
-    async def main() -> T:
-        conn = redis.asyncio.Redis.from_url(redis_url)
-        try:
-            return await call(conn)
-        finally:
-            await conn.aclose()
-
-    return asyncio.run(main())
 
 
 def claim_all(redis_url: str, worker: str = "test-worker") -> list[Claimed]:

@@ -6,16 +6,16 @@ a worker (claim, then acknowledge with a chosen answer), so each path is one ste
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import pytest
 import redis
 import redis.asyncio
+from conftest import run_on
 
 from ingest import keys
 from ingest.deadletter import DeadLetterStore
@@ -42,17 +42,6 @@ def payment(transaction_id: str, **changes: Any) -> Payment:
     fields: dict[str, Any] = {"amount": "29.99", "currency": "USD"}
     fields.update(changes)
     return validate_payment(transaction_id=transaction_id, now=NOW, **fields)
-
-
-def run_on(redis_url: str, call: Callable[[redis.asyncio.Redis], Awaitable[T]]) -> T:
-    async def main() -> T:
-        conn = redis.asyncio.Redis.from_url(redis_url)
-        try:
-            return await call(conn)
-        finally:
-            await conn.aclose()
-
-    return asyncio.run(main())
 
 
 def claim_all(redis_url: str, queue: str = "payments") -> list[Claimed]:
