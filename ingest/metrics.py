@@ -13,10 +13,13 @@ event enqueued, and ``ingest_accounting_lost_events`` what is missing from that.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+if TYPE_CHECKING:  # stats imports redis helpers this module need not load at import
+    from .stats import Accounting
 
 ENQUEUED = Counter(
     "ingest_producer_events_total",
@@ -114,104 +117,119 @@ class QueueCollector:
         up.add_metric([self.queue], 1)
         yield up
         q = self.queue
-        yield _family(
+        yield from _event_families(q, a)
+        yield from _single_families(q, a)
+        yield from _send_rate_families(q, a)
+
+
+def _event_families(q: str, a: Accounting) -> Iterator[Any]:
+    """Where events are: enqueued, finished by outcome, and in the system by state."""
+    yield _family(
+        CounterMetricFamily,
+        "ingest_events_enqueued",
+        "Events accepted into the queue.",
+        q,
+        a.enqueued,
+    )
+    finished = CounterMetricFamily(
+        "ingest_events_finished",
+        "Events that left the system for good, by how (values never overlap).",
+        labels=["queue", "outcome"],
+    )
+    for outcome, value in (
+        ("delivered", a.delivered),
+        ("purged", a.purged),
+        ("erased", a.erased),
+    ):
+        finished.add_metric([q, outcome], value)
+    yield finished
+    state = GaugeMetricFamily(
+        "ingest_events",
+        "Events in the system now, by state (values never overlap).",
+        labels=["queue", "state"],
+    )
+    for name, value in (
+        ("queued", a.queued),
+        ("in_flight", a.in_flight),
+        ("scheduled", a.scheduled),
+        ("deferred", a.deferred),
+        ("parked", a.parked),
+        ("dead", a.dead),
+    ):
+        state.add_metric([q, name], value)
+    yield state
+
+
+def _single_families(q: str, a: Accounting) -> Iterator[Any]:
+    """One series each: duplicates, retries, dead letters, replays, lost, age, workers."""
+    singles: list[tuple[Any, str, str, float]] = [
+        (
             CounterMetricFamily,
-            "ingest_events_enqueued",
-            "Events accepted into the queue.",
-            q,
-            a.enqueued,
-        )
-        finished = CounterMetricFamily(
-            "ingest_events_finished",
-            "Events that left the system for good, by how (values never overlap).",
-            labels=["queue", "outcome"],
-        )
-        for outcome, value in (
-            ("delivered", a.delivered),
-            ("purged", a.purged),
-            ("erased", a.erased),
-        ):
-            finished.add_metric([q, outcome], value)
-        yield finished
-        state = GaugeMetricFamily(
-            "ingest_events",
-            "Events in the system now, by state (values never overlap).",
-            labels=["queue", "state"],
-        )
-        for name, value in (
-            ("queued", a.queued),
-            ("in_flight", a.in_flight),
-            ("scheduled", a.scheduled),
-            ("deferred", a.deferred),
-            ("parked", a.parked),
-            ("dead", a.dead),
-        ):
-            state.add_metric([q, name], value)
-        yield state
-        singles: list[tuple[Any, str, str, float]] = [
-            (
-                CounterMetricFamily,
-                "ingest_enqueue_duplicates",
-                "Enqueues refused: the same event is in the system or was recently delivered.",
-                a.duplicates,
-            ),
-            (
-                CounterMetricFamily,
-                "ingest_api_duplicates",
-                "Deliveries the API reported as already recorded (a subset of delivered).",
-                a.api_duplicates,
-            ),
-            (CounterMetricFamily, "ingest_retries", "Attempts scheduled for a retry.", a.retried),
-            (
-                CounterMetricFamily,
-                "ingest_dead_lettered",
-                "Times an event was put in the dead-letter store.",
-                a.dead_lettered_total,
-            ),
-            (
-                CounterMetricFamily,
-                "ingest_replayed",
-                "Dead letters put back on the queue by a replay.",
-                a.replayed,
-            ),
-            (
-                GaugeMetricFamily,
-                "ingest_accounting_lost_events",
-                "Enqueued minus every place an event can be; anything but 0 is a bug.",
-                a.lost,
-            ),
-            (
-                GaugeMetricFamily,
-                "ingest_oldest_queued_event_age_seconds",
-                "Age of the oldest queued event.",
-                a.oldest_queued_age or 0.0,
-            ),
-            (GaugeMetricFamily, "ingest_workers", "RQ workers alive on this Redis.", a.workers),
-            (
-                GaugeMetricFamily,
-                "ingest_paused_websites",
-                "Websites paused after a 401/403 from the API.",
-                len(a.paused),
-            ),
-        ]
-        for family, name, documentation, figure in singles:
-            yield _family(family, name, documentation, q, figure)
-        rate = GaugeMetricFamily(
-            "ingest_send_rate_limit",
-            "A credential's learned send rate, shared by every worker, in requests/s "
-            "(credential: a short hash, never the key).",
-            labels=["credential", "queue"],
-        )
-        hold = GaugeMetricFamily(
-            "ingest_send_rate_hold_seconds",
-            "Seconds left of a credential's hold after most answers were 429 (0: sending).",
-            labels=["credential", "queue"],
-        )
-        for view in a.send_rates:
-            rate.add_metric([view.credential, q], view.rate)
-            hold.add_metric([view.credential, q], view.hold_seconds)
-        yield rate
-        yield hold
+            "ingest_enqueue_duplicates",
+            "Enqueues refused: the same event is in the system or was recently delivered.",
+            a.duplicates,
+        ),
+        (
+            CounterMetricFamily,
+            "ingest_api_duplicates",
+            "Deliveries the API reported as already recorded (a subset of delivered).",
+            a.api_duplicates,
+        ),
+        (CounterMetricFamily, "ingest_retries", "Attempts scheduled for a retry.", a.retried),
+        (
+            CounterMetricFamily,
+            "ingest_dead_lettered",
+            "Times an event was put in the dead-letter store.",
+            a.dead_lettered_total,
+        ),
+        (
+            CounterMetricFamily,
+            "ingest_replayed",
+            "Dead letters put back on the queue by a replay.",
+            a.replayed,
+        ),
+        (
+            GaugeMetricFamily,
+            "ingest_accounting_lost_events",
+            "Enqueued minus every place an event can be; anything but 0 is a bug.",
+            a.lost,
+        ),
+        (
+            GaugeMetricFamily,
+            "ingest_oldest_queued_event_age_seconds",
+            "Age of the oldest queued event.",
+            a.oldest_queued_age or 0.0,
+        ),
+        (GaugeMetricFamily, "ingest_workers", "RQ workers alive on this Redis.", a.workers),
+        (
+            GaugeMetricFamily,
+            "ingest_paused_websites",
+            "Websites paused after a 401/403 from the API.",
+            len(a.paused),
+        ),
+    ]
+    for family, name, documentation, figure in singles:
+        yield _family(family, name, documentation, q, figure)
+
+
+def _send_rate_families(q: str, a: Accounting) -> Iterator[Any]:
+    """Each credential's learned send rate and hold (issue 14), by its short hash."""
+    rate = GaugeMetricFamily(
+        "ingest_send_rate_limit",
+        "A credential's learned send rate, shared by every worker, in requests/s "
+        "(credential: a short hash, never the key).",
+        labels=["credential", "queue"],
+    )
+    hold = GaugeMetricFamily(
+        "ingest_send_rate_hold_seconds",
+        "Seconds left of a credential's hold after most answers were 429 (0: sending).",
+        labels=["credential", "queue"],
+    )
+    for view in a.send_rates:
+        rate.add_metric([view.credential, q], view.rate)
+        hold.add_metric([view.credential, q], view.hold_seconds)
+    yield rate
+    yield hold
 
 
 def _family(kind: Any, name: str, documentation: str, queue: str, value: float) -> Any:
