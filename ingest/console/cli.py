@@ -41,7 +41,13 @@ def load_console_settings() -> ConsoleSettings:
     "named by --forwarded-allow-ips): off loopback, login cookies are Secure.",
 )
 @click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to bind.")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--port",
+    default=DEFAULT_PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="TCP port to listen on.",
+)
 @click.option(
     "--read-only", is_flag=True, help="Hide and refuse every action (replay, purge, probe)."
 )

@@ -79,7 +79,7 @@ def help_entries(text: str) -> list[str]:
     return [e.replace(",", " ") for e in entries]
 
 
-@pytest.mark.parametrize("path", [p for p in command_paths() if p != ["console"]], ids=" ".join)
+@pytest.mark.parametrize("path", command_paths(), ids=" ".join)
 def test_every_option_has_help_text(path: list[str]) -> None:
     command: click.Command = cli
     for name in path:
