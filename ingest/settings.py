@@ -82,10 +82,11 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Seconds allowed for one POST to the API."
     )
     send_rate_initial: float = Field(
-        default=100.0,
+        default=30.0,
         gt=0,
         description="Requests/s a credential starts at before its rate is learned (shared "
-        "by every worker; doubles each second while the API accepts all).",
+        "by every worker; grows by half each second while the API accepts all). Low, so "
+        "that start-up overshoots a small limit for a second or two, not more.",
     )
     send_rate_max: float = Field(
         default=10_000.0,

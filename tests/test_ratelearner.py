@@ -13,6 +13,7 @@ from ingest.scripts import AnswerWindow
 NOW = 1_800_000_000.0
 CONFIG = LearnerConfig(floor=1.0, ceiling=5000.0)
 RUNNING = LearnerState(slow_start=False)
+LIMITED = LearnerState(slow_start=False, limit=100.0)
 
 
 def window(
@@ -38,16 +39,35 @@ def window(
 
 # rate before, the window, the learner's state -> rate after, hold (s from NOW)
 RATE_TABLE = [
-    pytest.param(100.0, window(100), LearnerState(), 200.0, 0.0, id="slow start doubles"),
-    pytest.param(100.0, window(100), RUNNING, 105.0, 0.0, id="additive increase"),
+    pytest.param(100.0, window(100), LearnerState(), 150.0, 0.0, id="slow start grows by half"),
+    pytest.param(100.0, window(100), RUNNING, 102.0, 0.0, id="additive increase"),
     pytest.param(100.0, window(40), RUNNING, 100.0, 0.0, id="unused rate is not raised"),
-    pytest.param(1000.0, window(980, 20), RUNNING, 1050.0, 0.0, id="2% of 429s: still raised"),
-    pytest.param(100.0, window(97, 3), RUNNING, 105.0, 0.0, id="3 in 100: within chance"),
+    pytest.param(1000.0, window(980, 20), RUNNING, 1020.0, 0.0, id="2% of 429s: still raised"),
+    pytest.param(100.0, window(97, 3), RUNNING, 102.0, 0.0, id="3 in 100: within chance"),
     pytest.param(55.0, window(46, 9), RUNNING, 43.7, 0.0, id="9 in 55: clearly above, cut"),
     pytest.param(1000.0, window(900, 100), RUNNING, 855.0, 0.0, id="10% cut to 95% of accepted"),
     pytest.param(
-        3200.0, window(2000, 1200), LearnerState(), 2240.0, 0.0, id="overshoot: cut 30% at most"
+        3200.0, window(2000, 1200), RUNNING, 2240.0, 0.0, id="once started: cut 30% at most"
     ),
+    pytest.param(
+        3200.0,
+        window(2000, 1200),
+        LearnerState(),
+        1900.0,
+        0.0,
+        id="slow start overshot: straight to accepted",
+    ),
+    pytest.param(
+        200.0,
+        window(50, 150, retry_after=1),
+        LearnerState(),
+        47.5,
+        1.0,
+        id="slow start overshot most 429: hold, straight to accepted",
+    ),
+    pytest.param(100.0, window(100), LIMITED, 101.0, 0.0, id="at a found limit: probe by 1%"),
+    pytest.param(105.0, window(102, 3), LIMITED, 96.9, 0.0, id="at a found limit: 3% of 429s cut"),
+    pytest.param(95.0, window(93, 2), LIMITED, 96.9, 0.0, id="under a found limit: increase"),
     pytest.param(4900.0, window(4900), LearnerState(), 5000.0, 0.0, id="never above ceiling"),
     pytest.param(2.0, window(0, 30, retry_after=2), RUNNING, 1.0, 2.0, id="never below floor"),
     pytest.param(
@@ -66,7 +86,7 @@ RATE_TABLE = [
     ),
     pytest.param(500.0, window(5, 1), RUNNING, 500.0, 0.0, id="too few answers: keep"),
     pytest.param(
-        500.0, window(300, other=200), RUNNING, 525.0, 0.0, id="timeouts are no rate signal"
+        500.0, window(300, other=200), RUNNING, 510.0, 0.0, id="timeouts are no rate signal"
     ),
     pytest.param(
         100.0, window(50, header_rate=40.0), LearnerState(), 39.2, 0.0, id="header sets rate"
@@ -86,18 +106,56 @@ def test_next_rate(
     assert max(0.0, decision.hold_until - NOW) == pytest.approx(hold)
 
 
-def test_sporadic_429s_that_two_cuts_do_not_reduce_are_learned_as_noise() -> None:
-    # 5% of answers are 429 whatever the rate: two cuts in a row see the same share at
-    # lower rates, so the 429s are not about our rate, and the third window keeps it.
-    first = decide(1000.0, window(950, 50), RUNNING, now=NOW, config=CONFIG)
+def sporadic(rate: float, share: float = 0.05) -> AnswerWindow:
+    """A window that used ``rate`` for a second, ``share`` of its answers 429 whatever it."""
+    throttled = round(share * rate)
+    return window(round(rate) - throttled, throttled)
+
+
+def test_sporadic_429s_that_a_cut_does_not_reduce_are_noise_and_the_cut_is_undone() -> None:
+    first = decide(1000.0, sporadic(1000.0), RUNNING, now=NOW, config=CONFIG)
     assert first.rate == pytest.approx(902.5)
-    second = decide(first.rate, window(857, 45), first.state, now=NOW, config=CONFIG)
-    assert second.rate < first.rate
-    third = decide(second.rate, window(815, 43), second.state, now=NOW, config=CONFIG)
-    assert third.rate == second.rate
-    assert third.state.noise == pytest.approx(43 / 858)
-    fourth = decide(third.rate, window(815, 43), third.state, now=NOW, config=CONFIG)
-    assert fourth.rate > third.rate
+    second = decide(first.rate, sporadic(first.rate), first.state, now=NOW, config=CONFIG)
+    assert (second.reason, second.rate) == ("noise", 1000.0)
+    assert second.state.noise == pytest.approx(45 / 902)
+
+
+def test_noise_found_after_the_cut_that_ended_slow_start_resumes_it() -> None:
+    first = decide(1000.0, sporadic(1000.0), LearnerState(), now=NOW, config=CONFIG)
+    assert not first.state.slow_start
+    second = decide(first.rate, sporadic(first.rate), first.state, now=NOW, config=CONFIG)
+    assert second.state.slow_start
+    assert second.rate == 1000.0
+
+
+@pytest.mark.parametrize("share", [0.01, 0.02, 0.05])
+def test_sporadic_429s_cost_at_most_one_window_of_rate(share: float) -> None:
+    rate, state, rates = 1000.0, RUNNING, []
+    for _ in range(20):
+        decision = decide(rate, sporadic(rate, share), state, now=NOW, config=CONFIG)
+        rate, state = decision.rate, decision.state
+        rates.append(rate)
+    assert sorted(rates)[1] >= 1000.0  # all but one window at the rate before, or above
+    assert rate > 1000.0
+
+
+def limited(rate: float, limit: float) -> AnswerWindow:
+    """A window that used ``rate`` for a second against a limit: 429 for what is above it."""
+    accepted = min(round(rate), round(limit))
+    return window(accepted, round(rate) - accepted)
+
+
+@pytest.mark.parametrize("start", [30.0, 100.0])
+def test_start_against_a_limit_settles_under_it_with_few_429s(start: float) -> None:
+    rate, state, sent, throttled, rates = start, LearnerState(), 0, 0, []
+    for _ in range(30):
+        answers = limited(rate, 50.0)
+        sent, throttled = sent + answers.granted, throttled + answers.throttled
+        decision = decide(rate, answers, state, now=NOW, config=CONFIG)
+        rate, state = decision.rate, decision.state
+        rates.append(rate)
+    assert throttled <= 0.05 * sent
+    assert all(45.0 <= r <= 53.0 for r in rates[-20:])
 
 
 def test_429s_that_a_cut_reduces_are_a_real_limit_and_cut_again() -> None:
@@ -105,6 +163,20 @@ def test_429s_that_a_cut_reduces_are_a_real_limit_and_cut_again() -> None:
     second = decide(first.rate, window(720, 40), first.state, now=NOW, config=CONFIG)
     assert second.rate < first.rate
     assert second.state.noise == 0.0
+
+
+def test_429s_that_a_cut_did_not_reduce_beyond_noise_cut_straight_to_accepted() -> None:
+    first = decide(1000.0, window(800, 200), RUNNING, now=NOW, config=CONFIG)
+    assert first.rate == 760.0
+    second = decide(first.rate, window(456, 304), first.state, now=NOW, config=CONFIG)
+    assert second.rate == pytest.approx(433.2)  # not 30% at most: 532
+
+
+def test_a_few_429s_after_a_cut_are_no_noise() -> None:
+    first = decide(1000.0, sporadic(1000.0), RUNNING, now=NOW, config=CONFIG)
+    second = decide(first.rate, window(900, 2), first.state, now=NOW, config=CONFIG)
+    assert second.reason != "noise"
+    assert second.rate < 1000.0
 
 
 def test_noise_fades_when_429s_stop() -> None:
@@ -115,7 +187,9 @@ def test_noise_fades_when_429s_stop() -> None:
 
 
 def test_state_round_trips_through_json() -> None:
-    state = LearnerState(slow_start=False, noise=0.03, last_share=0.1, stuck=1)
+    state = LearnerState(
+        slow_start=False, noise=0.03, last_share=0.1, cut_from=90.0, slow_before=True, limit=80.0
+    )
     assert LearnerState.from_json(state.to_json()) == state
 
 
