@@ -132,7 +132,7 @@ def test_api_key_is_read_from_the_environment_as_a_secret(
         ("INGEST_WEBSITE_ID", "not-a-website"),
         ("INGEST_API_URL", "datafa.st"),
         ("INGEST_BACKOFF_MAX", "0.1"),
-        ("INGEST_REDIS_URL", "localhost:6379"),
+        ("INGEST_REDIS_URL", "cache.example:6380"),
         ("INGEST_LOG_LEVEL", "LOUD"),
     ],
 )

@@ -45,11 +45,11 @@ def test_unreachable_redis_names_the_address_with_the_password_masked(args: list
 
 
 def test_a_redis_url_without_a_scheme_names_ingest_redis_url() -> None:
-    result = run_ingest(["stats"], clean_environment(INGEST_REDIS_URL="localhost:6379"))
+    result = run_ingest(["stats"], clean_environment(INGEST_REDIS_URL="cache.example:6380"))
     assert result.returncode == 2
     assert failure_line(result) == (
         "error: INGEST_REDIS_URL: must start with redis://, rediss://, unix:// or "
-        "redis+sentinel://, got 'localhost:6379'"
+        "redis+sentinel://, got 'cache.example:6380'"
     )
 
 
