@@ -58,7 +58,7 @@ class LearnerConfig:
     the rate the API accepted, however far above it the doubling went."""
     deepest_hold_cut: float = 0.5
     """The same floor when most answers are 429."""
-    slow_start_factor: float = 1.5
+    slow_start_factor: float = 2.0
     """While starting, a window that used its rate and saw no clear 429s multiplies it by this."""
     increase: float = 0.02
     """Additive increase per window, as a share of the rate (at least 1 request/s): small,

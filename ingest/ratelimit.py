@@ -85,19 +85,37 @@ class SendRate:
         )
 
     @staticmethod
-    def _more_fields(hold_until: float, learner: str) -> list[str]:
+    def _more_fields(hold_until: float, learner: str, window_min: float | None) -> list[str]:
         # After "rate", which goes as HSET's own key and value.
-        return ["hold_until", repr(hold_until), "learner", learner]
+        fields = ["hold_until", repr(hold_until), "learner", learner]
+        return fields if window_min is None else [*fields, "w_min", repr(window_min)]
 
-    def store(self, conn: redis.Redis, *, rate: float, hold_until: float, learner: str) -> None:
-        """Set the learned rate, the hold and the learner's state (one HSET: atomic)."""
-        conn.hset(self._key, "rate", repr(rate), items=self._more_fields(hold_until, learner))
+    def store(
+        self,
+        conn: redis.Redis,
+        *,
+        rate: float,
+        hold_until: float,
+        learner: str,
+        window_min: float | None = None,
+    ) -> None:
+        """Set the learned rate, the hold, the learner's state and (when given) the shortest
+        window from now on (one HSET: atomic)."""
+        more = self._more_fields(hold_until, learner, window_min)
+        conn.hset(self._key, "rate", repr(rate), items=more)
 
     async def store_async(
-        self, conn: redis.asyncio.Redis, *, rate: float, hold_until: float, learner: str
+        self,
+        conn: redis.asyncio.Redis,
+        *,
+        rate: float,
+        hold_until: float,
+        learner: str,
+        window_min: float | None = None,
     ) -> None:
         """:meth:`store` on an asyncio connection."""
-        await conn.hset(self._key, "rate", repr(rate), items=self._more_fields(hold_until, learner))
+        more = self._more_fields(hold_until, learner, window_min)
+        await conn.hset(self._key, "rate", repr(rate), items=more)
 
 
 @dataclass(frozen=True, slots=True)

@@ -977,8 +977,9 @@ async def waiting_async(conn: redis.asyncio.Redis, keys: QueueKeys) -> Waiting:
 #       4 answers accepted  5 answers 429  6 other answers  7 largest Retry-After of those
 #       429s (-1: none)  8 rate the answers' RateLimit fields allow (-1: none)
 #       9 rate before anything was learned  10 bucket size in seconds of the rate
-#       11 12 13 a window closes after at least ARGV[11] s once it holds ARGV[12] answers,
-#       or after ARGV[13] s  14 credential id  15 seconds the hash lives after its last use
+#       11 12 13 a window closes after at least ARGV[11] s (or the hash's w_min, which the
+#       learner stores: shorter while it starts) once it holds ARGV[12] answers, or after
+#       ARGV[13] s  14 credential id  15 seconds the hash lives after its last use
 # Returns {granted, wait, rate, hold_until, learner, window}: wait is the seconds until the
 # next permit (or the hold's end), learner the JSON the learner stored (or false), and
 # window, only for the one caller that closed it, {seconds, ok, 429, other, granted,
@@ -990,7 +991,7 @@ ACQUIRE = """
 local key, index = KEYS[1], KEYS[2]
 local now, wanted, unused = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local h = redis.call('HMGET', key, 'rate', 'tokens', 'ts', 'hold_until', 'learner',
-  'w_start', 'w_ok', 'w_429', 'w_other', 'w_granted', 'w_ra', 'w_hr')
+  'w_start', 'w_ok', 'w_429', 'w_other', 'w_granted', 'w_ra', 'w_hr', 'w_min')
 local rate = tonumber(h[1]) or tonumber(ARGV[9])
 local size = math.max(1, rate * tonumber(ARGV[10]))
 local tokens = tonumber(h[2]) or size
@@ -1021,7 +1022,7 @@ local reported = tonumber(ARGV[8])
 if reported > 0 and (header_rate < 0 or reported < header_rate) then header_rate = reported end
 local window = {}
 local elapsed = now - w_start
-if elapsed >= tonumber(ARGV[11])
+if elapsed >= (tonumber(h[13]) or tonumber(ARGV[11]))
    and (ok + throttled + other >= tonumber(ARGV[12]) or elapsed >= tonumber(ARGV[13])) then
   window = {tostring(elapsed), ok, throttled, other, taken, tostring(retry_after),
             tostring(header_rate)}

@@ -85,8 +85,8 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         description="Requests/s a credential starts at before its rate is learned (shared "
-        "by every worker; grows by half each second while the API accepts all). Low, so "
-        "that start-up overshoots a small limit for a second or two, not more.",
+        "by every worker; doubles every quarter second while the API accepts all). Low, "
+        "so that start-up overshoots a small limit for a moment, not more.",
     )
     send_rate_max: float = Field(
         default=10_000.0,

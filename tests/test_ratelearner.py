@@ -39,7 +39,7 @@ def window(
 
 # rate before, the window, the learner's state -> rate after, hold (s from NOW)
 RATE_TABLE = [
-    pytest.param(100.0, window(100), LearnerState(), 150.0, 0.0, id="slow start grows by half"),
+    pytest.param(100.0, window(100), LearnerState(), 200.0, 0.0, id="slow start doubles"),
     pytest.param(100.0, window(100), RUNNING, 102.0, 0.0, id="additive increase"),
     pytest.param(100.0, window(40), RUNNING, 100.0, 0.0, id="unused rate is not raised"),
     pytest.param(1000.0, window(980, 20), RUNNING, 1020.0, 0.0, id="2% of 429s: still raised"),

@@ -115,6 +115,15 @@ def test_a_window_closes_for_exactly_one_caller(
     assert second.window is None
 
 
+def test_a_stored_window_minimum_closes_the_next_windows_sooner(
+    redis_client: redis.Redis, limiter: SendRate
+) -> None:
+    limiter.acquire(redis_client, 0, now=NOW, answers=Answers(ok=20))
+    limiter.store(redis_client, rate=100.0, hold_until=0.0, learner="{}", window_min=0.25)
+    assert limiter.acquire(redis_client, 0, now=NOW + 0.2).window is None
+    assert limiter.acquire(redis_client, 0, now=NOW + 0.3).window is not None
+
+
 def test_a_window_with_too_few_answers_stays_open_until_its_longest(
     redis_client: redis.Redis, limiter: SendRate
 ) -> None:
