@@ -151,7 +151,8 @@ def run_scenario(
     feeder.fill(prefill)
     argv, base = env.ours_argv()
     argv = [PYTHON, "-m", "ingest", "worker"]  # not --burst: stopped when measured
-    base.update(INGEST_SHUTDOWN_GRACE="2", INGEST_LOG_LEVEL="WARNING", **(worker_env or {}))
+    base.update(INGEST_SHUTDOWN_GRACE="2", INGEST_LOG_LEVEL="WARNING")
+    base.update(worker_env or {})
     procs = [
         env.children.spawn(argv, env=base, log=env.tmp / f"worker-{i}.log")
         for i in range(processes)

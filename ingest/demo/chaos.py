@@ -137,11 +137,14 @@ class KillWorker(Fault):
 
     def account(self, count: EventCount, stats: StatsView) -> str:
         name = self.victim.name if self.victim is not None else "?"
-        delivered = sum(count.places.get(job_id) == "delivered" for job_id in self.held)
+        places = [count.places.get(job_id) for job_id in self.held]
+        # Some events the demo sends are refused by the API on purpose: those come back to
+        # the dead-letter queue, not to the API.
+        delivered, dead = places.count("delivered"), places.count("dead")
         when = f"t+{self.killed_at or 0:.1f} s"
         return (
             f"{when:<{WHEN}} SIGKILL {name} ({len(self.held):,} in flight): {delivered:,} "
-            f"delivered after its {self.lease_seconds} s lease"
+            f"delivered, {dead:,} dead-lettered after its {self.lease_seconds} s lease"
         )
 
 
