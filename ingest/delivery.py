@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import httpx
-import yarl
 
 from .errors import AuthenticationError, ConfigurationError, DeliveryError
 from .ratelearner import allowed_rate
 from .retry import parse_retry_after
 from .settings import Settings
+from .transport import HttpTransport, Request
 
 PAYMENTS_PATH = "/api/v1/payments"
 USER_AGENT = "datafast-ingest/0.1"
@@ -170,74 +169,74 @@ class Credentials:
         return f"?websiteId={quote(site)}"
 
 
-def build_session(settings: Settings, *, concurrency: int) -> aiohttp.ClientSession:
-    """One pooled HTTP session per worker process, ~1 keep-alive connection per request in
-    flight. Call it inside the event loop that will use it (aiohttp binds it there).
+def build_session(settings: Settings, *, concurrency: int) -> HttpTransport:
+    """One pooled HTTP transport per worker process: at most ``concurrency`` keep-alive
+    connections, ~1 per request in flight. Built anywhere; it binds to the event loop of
+    its first request.
 
     ``INGEST_REQUEST_TIMEOUT`` bounds each request as a whole, connecting and waiting for a
-    pooled connection included. No cookie jar: the API sets none, and a jar is consulted on
-    every request and every answer.
+    pooled connection included (:mod:`ingest.transport`).
     """
-    connector = aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=30)
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=settings.request_timeout),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("Accept-Encoding",),  # our answers are a few bytes of JSON
-    )
+    return HttpTransport(settings.api_url, limit=concurrency, timeout=settings.request_timeout)
 
 
 class PaymentsClient:
     """Sends one payment per request and classifies the answer. Never raises for HTTP.
 
-    Straight over an ``aiohttp.ClientSession``: at a thousand requests a second httpx's
-    request and response models (and the httpx-aiohttp transport between the two) cost
-    about a fifth of the worker's CPU (bench/profile_worker.py), for a POST that needs none
-    of them. The session is built on the first :meth:`send` unless one is given.
+    Over :class:`ingest.transport.HttpTransport`: one request head per website is built once
+    and completed by each body; an answer is a status, headers and bytes. A general client
+    cost ~2.5x the CPU per POST (aiohttp; httpx more: bench/http_clients.py). The transport
+    is built on the first :meth:`send` unless one is given.
     """
 
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, settings: Settings, session: HttpTransport | None = None) -> None:
         self._credentials = Credentials(settings)
         self._settings = settings
         self._session = session
-        self._base = settings.api_url + PAYMENTS_PATH
-        self._urls: dict[str | None, yarl.URL] = {}
+        self._requests: dict[str | None, Request] = {}
         self._headers = {
             **self._credentials.headers,
             "User-Agent": USER_AGENT,
             "Content-Type": "application/json",
         }
 
-    def _url(self, website: str | None) -> yarl.URL:
-        url = self._urls.get(website)
-        if url is None:
-            url = self._urls[website] = yarl.URL(self._base + self._credentials.params(website))
-        return url
+    def __repr__(self) -> str:
+        return f"PaymentsClient({self._credentials!r}, {self._session!r})"
 
-    async def send(self, body: str | bytes, website: str | None) -> Outcome:
-        content = body.encode() if isinstance(body, str) else body
-        try:
-            url = self._url(website)
-        except ConfigurationError as exc:
-            return Outcome(Verdict.AUTH, None, str(exc))
+    def _transport(self) -> HttpTransport:
         session = self._session
         if session is None:
             session = self._session = build_session(
                 self._settings, concurrency=self._settings.concurrency
             )
+        return session
+
+    def _request(self, website: str | None) -> Request:
+        request = self._requests.get(website)
+        if request is None:
+            target = PAYMENTS_PATH + self._credentials.params(website)
+            request = self._transport().prepare("POST", target, self._headers)
+            self._requests[website] = request
+        return request
+
+    async def send(self, body: str | bytes, website: str | None) -> Outcome:
+        content = body.encode() if isinstance(body, str) else body
         try:
-            async with session.post(url, data=content, headers=self._headers) as response:
-                payload = await response.read()
-                status = response.status
-                headers = response.headers
-                retry_after = headers.get("Retry-After")
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            request = self._request(website)
+        except ConfigurationError as exc:
+            return Outcome(Verdict.AUTH, None, str(exc))
+        try:
+            response = await self._transport().send(request, content)
+        except (OSError, TimeoutError) as exc:
             return classify(None, error=describe_transport_error(exc))
-        return classify(status, payload, retry_after, header=headers.get)
+        headers = response.headers  # lower-case names
+        return classify(
+            response.status, response.body, headers.get("retry-after"), header=headers.get
+        )
 
     async def aclose(self) -> None:
         if self._session is not None:
-            await self._session.close()
+            await self._session.aclose()
 
 
 @functools.lru_cache(maxsize=4)

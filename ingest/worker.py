@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-import aiohttp
 import redis
 import redis.asyncio
 from rq import Queue, SimpleWorker
@@ -67,6 +66,7 @@ from .scripts import (
 )
 from .settings import Settings
 from .timestamps import utc_iso
+from .transport import HttpTransport
 
 _IDLE_POLL = 0.1  # seconds between claims while the queue is empty
 _TICK = 0.005  # batch window: finished requests are acknowledged together
@@ -154,7 +154,7 @@ class IngestWorker(SimpleWorker):
         *,
         connection: redis.Redis | None = None,
         name: str | None = None,
-        session_factory: Callable[[], aiohttp.ClientSession] | None = None,
+        session_factory: Callable[[], HttpTransport] | None = None,
         random_source: RandomSource = random.random,
         clock: Callable[[], float] = time.time,
     ) -> None:
