@@ -339,7 +339,7 @@ class Producer(_ProducerBase):
 
     def enqueue(self, payment: Payment) -> Receipt:
         """Put one validated event on the queue: one round trip (``EVALSHA``), or the spool."""
-        if not self.breaker.allow() or self._behind_spool([payment]):
+        if not self.breaker.allow() or (payment.refunded and self._behind_spool([payment])):
             return self._spool_only([payment])[0]
         job_id = payment.job_id
         connection = self.connection

@@ -225,14 +225,30 @@ class Enqueue:
         self._name = keys.name.encode()
         sha = self.script.sha.encode()
         self._sha = b"$%d\r\n%s\r\n" % (len(sha), sha)
-        # The constant runs of the packed command (see :meth:`packed_event`), encoded once.
-        self._job_prefix = JOB_PREFIX.encode()
-        self._done_prefix = keys.done_prefix.encode()
-        self._head = b"*19\r\n$7\r\nEVALSHA\r\n" + self._sha + b"$1\r\n8\r\n"
-        self._queue_stats = _bulk(self._queue) + _bulk(self._stats)
-        self._dead_bulk = _bulk(self._dead)
-        self._deferred_dead_in = _bulk(self._deferred) + _bulk(self._dead_in)
-        self._name_bulk = _bulk(self._name)
+        # The packed command as one %-template: the constant keys and arguments in place
+        # (a '%' in a queue name escaped), the event's own as ``$<length>\r\n<bytes>``.
+        job_prefix, done_prefix = JOB_PREFIX.encode(), keys.done_prefix.encode()
+        self._job_prefix_len, self._done_prefix_len = len(job_prefix), len(done_prefix)
+        self._template = b"".join(
+            part if isinstance(part, bytes) else _bulk(part[0]).replace(b"%", b"%%")
+            for part in (
+                b"*19\r\n$7\r\nEVALSHA\r\n",
+                (sha,),
+                b"$1\r\n8\r\n",
+                b"$%d\r\n" + job_prefix.replace(b"%", b"%%") + b"%s\r\n",  # 1 job key
+                (self._queue,),
+                (self._stats,),
+                b"$%d\r\n" + done_prefix.replace(b"%", b"%%") + b"%s\r\n",  # 4 done key
+                (self._dead,),
+                b"$%d\r\n" + job_prefix.replace(b"%", b"%%") + b"%s\r\n",  # 6 payment job key
+                (self._deferred,),
+                (self._dead_in,),
+                b"$%d\r\n%s\r\n" * 3,  # ARGV 1-3: id, data, now (ISO)
+                (self._name,),
+                b"$%d\r\n%s\r\n" * 2,  # ARGV 5, 6: website, description
+                b"$1\r\n%s\r\n$%d\r\n%s\r\n",  # ARGV 7, 8: refund flag, now (unix)
+            )
+        )
 
     def arguments(
         self,
@@ -281,24 +297,32 @@ class Enqueue:
         """``packed(arguments(...))`` in one step, the constant keys and arguments spliced
         in already packed: the checkout's path (tests/test_producer.py holds the two equal)."""
         job = job_id.encode()
-        return b"".join(
-            (
-                self._head,
-                _bulk(self._job_prefix + job),
-                self._queue_stats,
-                _bulk(self._done_prefix + job),
-                self._dead_bulk,
-                _bulk(self._job_prefix + payment_job_id.encode()),
-                self._deferred_dead_in,
-                _bulk(job),
-                _bulk(data.encode()),
-                _bulk(utc_iso(now, timespec=RQ_TIMESPEC).encode()),
-                self._name_bulk,
-                _bulk(website.encode()),
-                _bulk(description.encode()),
-                b"$1\r\n1\r\n" if refund else b"$1\r\n0\r\n",
-                _bulk(repr(now.timestamp()).encode()),
-            )
+        payment_job = payment_job_id.encode()
+        data_bytes = data.encode()
+        iso = utc_iso(now, timespec=RQ_TIMESPEC).encode()
+        site = website.encode()
+        text = description.encode()
+        unix = repr(now.timestamp()).encode()
+        return self._template % (
+            self._job_prefix_len + len(job),
+            job,
+            self._done_prefix_len + len(job),
+            job,
+            self._job_prefix_len + len(payment_job),
+            payment_job,
+            len(job),
+            job,
+            len(data_bytes),
+            data_bytes,
+            len(iso),
+            iso,
+            len(site),
+            site,
+            len(text),
+            text,
+            b"1" if refund else b"0",
+            len(unix),
+            unix,
         )
 
     def run_packed(self, conn: redis.Redis, packed: bytes) -> int:

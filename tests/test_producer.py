@@ -190,9 +190,12 @@ def test_prepacked_enqueue_is_byte_for_byte_what_redis_py_would_send() -> None:
     assert enqueue.packed(call) == b"".join(expected)
 
 
+@pytest.mark.parametrize("queue", ["payments", "pay%ments"])
 @pytest.mark.parametrize("refund", [False, True])
-def test_enqueue_packed_in_one_step_is_byte_for_byte_the_packed_arguments(refund: bool) -> None:
-    enqueue = Enqueue(keys.QueueKeys("payments"))
+def test_enqueue_packed_in_one_step_is_byte_for_byte_the_packed_arguments(
+    refund: bool, queue: str
+) -> None:
+    enqueue = Enqueue(keys.QueueKeys(queue))
     event = payment("pi_packed", name='Zoë "Q"', website_id=WEBSITE, refunded=refund)
     fields: dict[str, Any] = {
         "job_id": event.job_id,
