@@ -37,7 +37,8 @@ class JobArgs(NamedTuple):
 # equal).
 _DATA_HEAD = '["' + DELIVER_FUNCTION + '",null,['
 _DATA_TAIL = "],{}]"
-_encode_text = json.JSONEncoder(ensure_ascii=False).encode
+# What json.dumps(..., ensure_ascii=False) writes for a str: the C function it calls.
+_encode_text = json.encoder.encode_basestring
 
 
 def job_data(payment: Payment) -> str:

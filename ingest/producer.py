@@ -188,6 +188,18 @@ class _ProducerBase:
             now=datetime.now(UTC),
         )
 
+    def _packed_call(self, payment: Payment, job_id: str) -> bytes:
+        """:meth:`_script_call`, packed for the socket (:meth:`Enqueue.packed_event`)."""
+        return self._enqueue.packed_event(
+            job_id=job_id,
+            data=job_data(payment),
+            website=payment.website_id or keys.DEFAULT_SITE,
+            description=job_description(payment),
+            refund=payment.refunded,
+            payment_job_id=payment.payment_job_id if payment.refunded else job_id,
+            now=datetime.now(UTC),
+        )
+
     def _receipt(self, payment: Payment, result: Any, job_id: str | None = None) -> Receipt:
         status = _RESULTS[int(result)]
         self._enqueued_by_status[status].inc()
@@ -327,12 +339,15 @@ class Producer(_ProducerBase):
 
     def enqueue(self, payment: Payment) -> Receipt:
         """Put one validated event on the queue: one round trip (``EVALSHA``), or the spool."""
-        if not self.breaker.allow() or self._behind_spool([payment]):
+        if not self.breaker.allow() or (payment.refunded and self._behind_spool([payment])):
             return self._spool_only([payment])[0]
         job_id = payment.job_id
-        call = self._script_call(payment, job_id)
+        connection = self.connection
         try:
-            result = self._enqueue.run(self.connection, call)
+            if connection.connection is None:  # pooled (the default): sent pre-packed
+                result = self._enqueue.run_packed(connection, self._packed_call(payment, job_id))
+            else:
+                result = self._enqueue.run(connection, self._script_call(payment, job_id))
         except (redis.RedisError, OSError) as exc:
             if not redis_unavailable(exc):
                 raise

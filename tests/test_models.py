@@ -107,6 +107,64 @@ def test_float_29_99_is_sent_as_29_99_exactly() -> None:
 
 
 @pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({}, id="required-only"),
+        pytest.param(
+            {
+                "transaction_id": 'pi_"quoted"_ü\\',
+                "datafast_visitor_id": "v\u2028x",
+                "email": "zoë@example.com",
+                "name": 'Zoë "Q" O\'Brien',
+                "customer_id": "cus_1",
+                "renewal": True,
+                "refunded": True,
+                "is_free_trial": True,
+            },
+            id="every-field-and-escapes",
+        ),
+    ],
+)
+def test_wire_body_is_exactly_what_json_dumps_writes(changes: dict[str, Any]) -> None:
+    payment = valid(**changes)
+    fields = {
+        "currency": payment.currency,
+        "transaction_id": payment.transaction_id,
+        "datafast_visitor_id": payment.datafast_visitor_id,
+        "email": payment.email,
+        "name": payment.name,
+        "customer_id": payment.customer_id,
+    }
+    rest = {k: v for k, v in fields.items() if v is not None}
+    rest |= {
+        "renewal": payment.renewal,
+        "refunded": payment.refunded,
+        "is_free_trial": payment.is_free_trial,
+        "timestamp": "2026-05-01T12:00:00.123Z",
+    }
+    expected = json.dumps(rest, ensure_ascii=False, separators=(",", ":"))
+    assert payment.wire_body() == '{"amount":10,' + expected[1:]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({}, id="valid"),
+        pytest.param({"name": "  Ada  ", "email": " ", "website_id": "5F1C2A4E3B2D1C0A9F8E7D6C"}),
+        pytest.param({"amount": "-1", "currency": "US", "renewal": "no"}, id="invalid"),
+    ],
+)
+def test_a_blank_alias_changes_neither_the_payment_nor_the_errors(changes: dict[str, Any]) -> None:
+    def outcome(**aliases: Any) -> Payment | dict[str, str]:
+        try:
+            return valid(**changes, **aliases)
+        except ValidationError as exc:
+            return exc.errors
+
+    assert outcome(customer_name="", customer_email="") == outcome()
+
+
+@pytest.mark.parametrize(
     ("given_amount", "text"),
     [(Decimal("29.990"), "29.99"), (Decimal("1E+2"), "100"), (0.1, "0.1"), ("0.000", "0")],
 )

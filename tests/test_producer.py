@@ -190,6 +190,40 @@ def test_prepacked_enqueue_is_byte_for_byte_what_redis_py_would_send() -> None:
     assert enqueue.packed(call) == b"".join(expected)
 
 
+@pytest.mark.parametrize("queue", ["payments", "pay%ments"])
+@pytest.mark.parametrize("refund", [False, True])
+def test_enqueue_packed_in_one_step_is_byte_for_byte_the_packed_arguments(
+    refund: bool, queue: str
+) -> None:
+    enqueue = Enqueue(keys.QueueKeys(queue))
+    event = payment("pi_packed", name='Zoë "Q"', website_id=WEBSITE, refunded=refund)
+    fields: dict[str, Any] = {
+        "job_id": event.job_id,
+        "data": job_data(event),
+        "website": WEBSITE,
+        "description": "refund pi_packed" if refund else "payment pi_packed",
+        "refund": refund,
+        "payment_job_id": event.payment_job_id,
+        "now": datetime(2027, 1, 15, 8, 30, 1, 250000, tzinfo=UTC),
+    }
+    assert enqueue.packed_event(**fields) == enqueue.packed(enqueue.arguments(**fields))
+
+
+def test_enqueue_on_a_single_connection_client_queues_once_and_reports_the_duplicate(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    # No pool to borrow from: the call goes through redis-py's EVALSHA, not the pre-packed path.
+    client = redis.Redis.from_url(redis_url, single_connection_client=True)
+    producer = Producer(Settings(redis_url=redis_url), connection=client, spool=False)
+    try:
+        redis_client.script_flush()
+        assert producer.enqueue(payment("pi_single")).status == "queued"
+        assert producer.enqueue(payment("pi_single")).status == "duplicate"
+    finally:
+        producer.close()
+    assert queued_ids(redis_client) == [payment("pi_single").job_id]
+
+
 def test_enqueue_loads_the_script_when_redis_has_forgotten_it(
     producer: Producer, redis_client: redis.Redis
 ) -> None:
