@@ -284,6 +284,57 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused(
     assert server.connections == 2
 
 
+def test_a_reused_connection_closed_unanswered_is_resent_once_on_a_fresh_one(
+    run: Callable[[Awaitable[Any]], Any],
+) -> None:
+    # The race a load balancer's idle timeout makes: our request leaves on a kept-alive
+    # connection just as the server closes it. It must not cost the event an attempt.
+    def make(server: RawServer) -> Handler:
+        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+            await server.read_request(r)
+            w.write(answer())
+            await w.drain()
+            await server.read_request(r)  # the next request on this connection: no answer
+
+        return handler
+
+    async def go() -> tuple[list[Outcome], RawServer]:
+        async with serve(make) as server:
+            settings = settings_for(server.url())
+            client = PaymentsClient(settings, build_session(settings, concurrency=2))
+            try:
+                return [await client.send(payment(), None) for _ in range(2)], server
+            finally:
+                await client.aclose()
+
+    outcomes, server = run(go())
+    assert [o.verdict for o in outcomes] == [Verdict.DELIVERED] * 2
+    assert server.connections == 2
+
+
+def test_a_fresh_connection_closed_unanswered_is_a_transient_failure_not_resent(
+    run: Callable[[Awaitable[Any]], Any],
+) -> None:
+    def make(server: RawServer) -> Handler:
+        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+            await server.read_request(r)  # and close without a byte of answer
+
+        return handler
+
+    async def go() -> tuple[Outcome, RawServer]:
+        async with serve(make) as server:
+            settings = settings_for(server.url())
+            client = PaymentsClient(settings, build_session(settings, concurrency=2))
+            try:
+                return await client.send(payment(), None), server
+            finally:
+                await client.aclose()
+
+    outcome, server = run(go())
+    assert (outcome.verdict, outcome.status) == (Verdict.TRANSIENT, None)
+    assert server.connections == 1
+
+
 @pytest.mark.timeout(10)
 def test_a_server_that_never_answers_times_out_within_the_request_timeout(
     run: Callable[[Awaitable[Any]], Any],
