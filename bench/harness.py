@@ -175,6 +175,9 @@ class BenchEnv(contextlib.ExitStack):
         # The checkout whose worker runs (bench/perf17.py compares two in one run); its
         # directory is the workers' working directory and first on their PYTHONPATH.
         self.tree = PROJECT_DIR
+        # INGEST_* settings for our worker processes beyond the bench's own (perf17's
+        # learned-rate drain sets INGEST_SEND_RATE_INITIAL here).
+        self.worker_settings: dict[str, str] = {}
         self.redis_server: RedisServer
         self.sandbox: SandboxProcess
         self.tmp: Path
@@ -240,6 +243,7 @@ class BenchEnv(contextlib.ExitStack):
             INGEST_CONCURRENCY=str(self.concurrency),
             INGEST_SPOOL_DIR=str(self.tmp / "spool"),
         )
+        env.update(self.worker_settings)
         return [PYTHON, "-m", "ingest", "worker", "--burst"], env
 
     def rq_argv(self, worker_class: str) -> tuple[list[str], dict[str, str]]:
