@@ -176,29 +176,26 @@ class _ProducerBase:
         self._spool_dirty = self.spool is not None and self.spool.pending() > 0
         self._enqueue = Enqueue(self.keys)
 
-    def _script_call(self, payment: Payment, job_id: str) -> tuple[list[bytes], list[bytes]]:
-        return self._enqueue.arguments(
-            job_id=job_id,
-            data=job_data(payment),
-            website=payment.website_id or keys.DEFAULT_SITE,
-            description=job_description(payment),
-            refund=payment.refunded,
+    @staticmethod
+    def _event_fields(payment: Payment, job_id: str) -> dict[str, Any]:
+        """What the ``ENQUEUE`` script is given for one event (:class:`Enqueue`)."""
+        return {
+            "job_id": job_id,
+            "data": job_data(payment),
+            "website": payment.website_id or keys.DEFAULT_SITE,
+            "description": job_description(payment),
+            "refund": payment.refunded,
             # A payment's own id (a hash) unless it is a refund: computed once per enqueue.
-            payment_job_id=payment.payment_job_id if payment.refunded else job_id,
-            now=datetime.now(UTC),
-        )
+            "payment_job_id": payment.payment_job_id if payment.refunded else job_id,
+            "now": datetime.now(UTC),
+        }
+
+    def _script_call(self, payment: Payment, job_id: str) -> tuple[list[bytes], list[bytes]]:
+        return self._enqueue.arguments(**self._event_fields(payment, job_id))
 
     def _packed_call(self, payment: Payment, job_id: str) -> bytes:
         """:meth:`_script_call`, packed for the socket (:meth:`Enqueue.packed_event`)."""
-        return self._enqueue.packed_event(
-            job_id=job_id,
-            data=job_data(payment),
-            website=payment.website_id or keys.DEFAULT_SITE,
-            description=job_description(payment),
-            refund=payment.refunded,
-            payment_job_id=payment.payment_job_id if payment.refunded else job_id,
-            now=datetime.now(UTC),
-        )
+        return self._enqueue.packed_event(**self._event_fields(payment, job_id))
 
     def _receipt(self, payment: Payment, result: Any, job_id: str | None = None) -> Receipt:
         status = _RESULTS[int(result)]
