@@ -19,12 +19,9 @@ What it does, and no more:
 - answers with a Content-Length, chunked, or read until the server closes.
 
 A connection that fails before its whole answer arrived raises :class:`TransportError` (or
-``TimeoutError``), and the worker retries the event later like any transient failure. One
-case is retried here, at once and once: a *reused* keep-alive connection that the server
-closed before a byte of the answer. That is the server's idle timeout racing our request (a
-server may keep connections alive for less than our ``keepalive``), not a failure of the
-request, and it must not cost an event one of its attempts. Resending is safe: the API is
-idempotent on ``transaction_id``.
+``TimeoutError``): it is never retried here, not even a kept-alive one closed before a byte
+of the answer (see :data:`KEEPALIVE`). The worker retries it later like any transient
+failure, which is safe because the API is idempotent on ``transaction_id``.
 """
 
 from __future__ import annotations
@@ -41,15 +38,15 @@ import httptools
 
 _MAX_BODY = 1 << 20  # an answer is a few bytes of JSON; past this something is wrong
 _CLOSE_WAIT = 1.0  # seconds aclose() waits for TLS connections to say goodbye
+KEEPALIVE = 4.0
+"""Seconds an idle connection is kept for reuse: under the 5 s that uvicorn, Node and many
+API servers keep theirs. A request sent on a connection the server is closing as idle fails
+unanswered, and we never resend it (the server may have read it: every request is an
+attempt); reconnecting after a lull of more than this is cheaper than that attempt."""
 
 
 class TransportError(ConnectionError):
     """The request failed before its whole answer arrived. Never carries request headers."""
-
-
-class _ClosedUnanswered(TransportError):
-    """The server closed the connection before one byte of the answer: on a reused
-    keep-alive connection, most likely its idle timeout racing our request."""
 
 
 class Response:
@@ -99,7 +96,6 @@ class _Connection(asyncio.Protocol):
         self._size = 0
         self._status = 0
         self._until_eof = False
-        self._answering = False  # a byte of the current answer has arrived
         self.open = False
         self.reusable = False
         self.idle_since = 0.0
@@ -113,7 +109,6 @@ class _Connection(asyncio.Protocol):
         self.open = True
 
     def data_received(self, data: bytes) -> None:
-        self._answering = True
         waiter = self._waiter
         if waiter is None or waiter.done():
             # Bytes nobody asked for: the connection's state is unknown, so it goes.
@@ -138,8 +133,7 @@ class _Connection(asyncio.Protocol):
                 # An answer with neither Content-Length nor chunks ends when the server closes.
                 waiter.set_result(Response(self._status, self._headers, b"".join(self._chunks)))
             else:
-                kind = TransportError if self._answering else _ClosedUnanswered
-                error = kind("the server closed the connection before answering")
+                error = TransportError("the server closed the connection before answering")
                 error.__cause__ = exc
                 waiter.set_exception(error)
         self._pool._forget(self)
@@ -192,7 +186,6 @@ class _Connection(asyncio.Protocol):
         assert self._transport is not None
         waiter: asyncio.Future[Response] = self._loop.create_future()
         self._waiter = waiter
-        self._answering = False
         self.reusable = False
         self._transport.write(data)
         return waiter
@@ -226,7 +219,7 @@ class HttpTransport:
         *,
         limit: int,
         timeout: float,
-        keepalive: float = 30.0,
+        keepalive: float = KEEPALIVE,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(url)
@@ -295,26 +288,20 @@ class HttpTransport:
         async with slots:
             connection = self._take_idle()
             if connection is None:
-                return await self._exchange(await self._connect(), data)
+                connection = await self._connect()
+            done = False
             try:
-                return await self._exchange(connection, data)
-            except _ClosedUnanswered:
-                return await self._exchange(await self._connect(), data)
-
-    async def _exchange(self, connection: _Connection, data: bytes) -> Response:
-        done = False
-        try:
-            response = await connection.request(data)
-            done = True
-        finally:
-            if done and connection.reusable and connection.open and not self._closed:
-                connection.idle_since = asyncio.get_running_loop().time()
-                self._idle.append(connection)
-            elif done:
-                connection.close()  # the server asked to close, or we are closing
-            else:
-                connection.abort()  # timed out, cancelled or failed: never reused
-        return response
+                response = await connection.request(data)
+                done = True
+            finally:
+                if done and connection.reusable and connection.open and not self._closed:
+                    connection.idle_since = asyncio.get_running_loop().time()
+                    self._idle.append(connection)
+                elif done:
+                    connection.close()  # the server asked to close, or we are closing
+                else:
+                    connection.abort()  # timed out, cancelled or failed: never reused
+            return response
 
     def _take_idle(self) -> _Connection | None:
         idle = self._idle
