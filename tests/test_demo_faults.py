@@ -97,11 +97,20 @@ def test_kill_worker_waits_until_the_worker_holds_events() -> None:
     assert kill.held == ("job1", "job2")
 
 
-def test_kill_worker_kills_anyway_past_a_further_15_percent() -> None:
+def test_kill_worker_waits_for_held_events_over_a_further_40_percent() -> None:
     stack = FakeStack(held=[])
     kill = KillWorker(at=0.35)
 
-    kill.step(stack, 0.50, 5.0)
+    kill.step(stack, 0.74, 5.0)
+
+    assert not kill.done
+
+
+def test_kill_worker_kills_anyway_past_a_further_40_percent() -> None:
+    stack = FakeStack(held=[])
+    kill = KillWorker(at=0.35)
+
+    kill.step(stack, 0.75, 5.0)
 
     assert kill.done
     assert kill.exit_code == -signal.SIGKILL
