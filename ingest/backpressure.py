@@ -42,9 +42,9 @@ WINDOW_MIN, WINDOW_ANSWERS, WINDOW_MAX = 1.0, 50, 5.0
 WINDOW_MAX s: long enough that the answers lagging behind their permits (a request's
 latency, and the worker's next call) are a small part of it."""
 STARTING_WINDOW_MIN = 0.25
-"""The same minimum while the rate is still doubling (slow start), as TCP doubles per round
-trip: from 30/s to 2,000/s in about 4 s rather than 12, and a window that overshoots a
-limit costs a quarter second of 429s, not a second."""
+"""The same minimum while the rate is still doubling (slow start) and for the window after
+it, as TCP doubles per round trip: from 30/s to 2,000/s in about 4 s rather than 12, and a
+window that overshoots a limit costs a quarter second of 429s, not a second."""
 STATE_TTL = 86_400
 
 
@@ -57,6 +57,8 @@ class _Counts:
     other: int = 0
     retry_after: float | None = None
     header_rate: float | None = None
+    window: str = ""
+    """The window whose permits these answer (see ``ACQUIRE``)."""
 
     @property
     def any(self) -> bool:
@@ -75,10 +77,15 @@ class _Counts:
             self.header_rate = min(self.header_rate or outcome.allowed_rate, outcome.allowed_rate)
 
     def take(self) -> Answers:
-        answers = Answers(self.ok, self.throttled, self.other, self.retry_after, self.header_rate)
+        answers = Answers(
+            self.ok, self.throttled, self.other, self.retry_after, self.header_rate, self.window
+        )
+        self.clear()
+        return answers
+
+    def clear(self) -> None:
         self.ok = self.throttled = self.other = 0
         self.retry_after = self.header_rate = None
-        return answers
 
 
 @dataclass(slots=True)
@@ -114,6 +121,8 @@ class Backpressure:
             maximum=settings.concurrency, minimum=max(1, settings.concurrency // 8)
         )
         self._credentials: dict[str | None, _Credential] = {}
+        self._permit_window: dict[str, str] = {}
+        """The window each event sent was granted its permit in, by job id."""
 
     @property
     def waiting(self) -> int:
@@ -140,7 +149,9 @@ class Backpressure:
 
     def report(self, claimed: Claimed, outcome: Outcome, seconds: float, in_flight: int) -> None:
         """One request's answer (or failure) and how long it took."""
-        self._credential(claimed.website_id).counts.add(outcome)
+        counts = self._credential(claimed.website_id).counts
+        if self._permit_window.pop(claimed.job_id, None) == counts.window:
+            counts.add(outcome)  # else late: its window closed without it (see ACQUIRE)
         self.concurrency.on_sample(seconds, in_flight=in_flight + 1)
 
     async def admit(self, conn: redis.asyncio.Redis, claimed: list[Claimed]) -> list[Claimed]:
@@ -163,6 +174,10 @@ class Backpressure:
         )
         credential.rate, credential.hold_until = permits.rate, permits.hold_until
         credential.next_permit = now + permits.wait
+        if permits.window_start != credential.counts.window:
+            # The window closed: answers that came in during this call are late for it.
+            credential.counts.clear()
+            credential.counts.window = permits.window_start
         if permits.window is not None:
             state = LearnerState.from_json(permits.learner)
             decision = decide(permits.rate, permits.window, state, now=now, config=self._learner)
@@ -171,7 +186,7 @@ class Backpressure:
                 rate=decision.rate,
                 hold_until=max(decision.hold_until, permits.hold_until),
                 learner=decision.state.to_json(),
-                window_min=STARTING_WINDOW_MIN if decision.state.slow_start else WINDOW_MIN,
+                window_min=STARTING_WINDOW_MIN if _starting(decision.state) else WINDOW_MIN,
             )
             if decision.rate != permits.rate or decision.hold_until > now:
                 _log.info(
@@ -187,4 +202,14 @@ class Backpressure:
                     window_sent=permits.window.granted,
                 )
             credential.rate = decision.rate
-        return [credential.waiting.popleft() for _ in range(permits.granted)]
+        ready = [credential.waiting.popleft() for _ in range(permits.granted)]
+        for event in ready:
+            self._permit_window[event.job_id] = permits.window_start
+        return ready
+
+
+def _starting(state: LearnerState) -> bool:
+    """Whether the rate is still doubling, or the cut that ended the doubling has yet to be
+    checked: that window is short too, so a cut still far above a limit (slow start ran
+    through a token bucket's burst) costs a quarter second of 429s, not a second."""
+    return state.slow_start or state.slow_before

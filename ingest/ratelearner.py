@@ -19,12 +19,15 @@ the order :func:`decide` applies them:
 4. The share of 429s is clearly (by two standard errors) above ``tolerated_share`` plus
    the noise, or at all above it at or over the rate a limit was last found at: cut to a
    little under the rate the API accepted in the window. By 30% at most once started; with
-   no such floor for the window that ends slow start, or for one whose 429s a cut did not
-   reduce, so that start-up overshoots the limit for a window or two, not more.
+   no such floor for the window that ends slow start (which goes no higher than the rate
+   before it), or for one whose 429s a cut did not reduce, so that start-up overshoots the
+   limit for a window or two, not more. What a window that used its rate accepted is
+   where the limit lies; one that did not use it can only raise that estimate.
 5. Otherwise, if the window used its rate: multiply it by ``slow_start_factor`` while
-   starting (slow start, until the first cut), else add ``increase`` of it (additive
-   increase), only ``probe`` at or over the limit found last. A rate not used is not
-   raised, so an idle credential does not wake up far above its limit.
+   starting (slow start, until the first cut); under the limit found last, halve the
+   distance to it (at least ``increase`` of the rate); at or over it, add only ``probe``.
+   A rate not used is not raised, so an idle credential does not wake up far above its
+   limit.
 
 Always within ``floor`` and ``ceiling``. Transport failures (no answer) are not a rate signal.
 """
@@ -149,6 +152,16 @@ def decide(
     # (both its parts lag alike) where a count of answers would swing with the lag.
     seconds = max(window.seconds, 1e-3)
     accepted = max(window.granted, answered) * (1 - share) / seconds
+    used = window.granted >= config.utilized * rate * window.seconds
+    # Where a limit lies: what a window that used its rate got accepted, once started. A
+    # window that did not use it (held, or its answers lagging a hold) accepted less than
+    # the API allows: taken as the limit, it kept the rate crawling far under it. A window
+    # of slow start accepted more: the doubling runs through a token bucket's burst first,
+    # and climbing back to that figure overshot the limit again.
+    found = accepted if used and accepted > 0 and not state.slow_start else state.limit
+    # Nor can it show the rate too high unless the API refused the pace it did send at: its
+    # 429s may answer permits taken before (at a higher rate, or before a hold).
+    cuttable = used or accepted < window.granted / seconds
 
     # Straight to what was accepted, however deep, for the first throttled window (slow
     # start overshot) and for one whose 429s a cut did not reduce: the cut was too shallow,
@@ -168,13 +181,11 @@ def decide(
         target = clamp(window.header_rate * (1 - config.header_margin))
         return Decision(target, _hold(window, share, now, config), running, "header")
     if answered and share >= config.hold_share:
-        found = accepted if accepted > 0 else state.limit
         held = LearnerState(slow_start=False, noise=state.noise, limit=found)
         # Exhausted: cut deeper than for a share of 429s, but never to nothing at once; a
         # window whose events mostly wait for their retries accepted little either way.
-        return Decision(
-            cut_rate(config.deepest_hold_cut), _hold(window, share, now, config), held, "hold"
-        )
+        held_rate = cut_rate(config.deepest_hold_cut) if cuttable else rate
+        return Decision(held_rate, _hold(window, share, now, config), held, "hold")
     if answered < config.min_answers:
         return Decision(rate, 0.0, state, "keep")
     noise = state.noise
@@ -192,24 +203,31 @@ def decide(
         state = LearnerState(slow_start=state.slow_start, noise=noise, limit=state.limit)
     probing = 0 < state.limit <= rate
     tolerated = config.tolerated_share + noise
-    if share > (tolerated if probing else _threshold(tolerated, answered)):
+    if cuttable and share > (tolerated if probing else _threshold(tolerated, answered)):
         cut = LearnerState(
             slow_start=False,
             noise=noise,
             last_share=share,
             cut_from=rate,
             slow_before=state.slow_start,
-            limit=accepted if accepted > 0 else state.limit,
+            limit=found,
         )
         return Decision(cut_rate(config.deepest_cut), 0.0, cut, "cut")
     if share < noise:
         noise += config.noise_fade * (share - noise)
     calm = LearnerState(slow_start=state.slow_start, noise=noise, limit=state.limit)
-    if window.granted < config.utilized * rate * window.seconds:
+    if not used:
         return Decision(rate, 0.0, calm, "keep")
     if state.slow_start:
         return Decision(clamp(rate * config.slow_start_factor), 0.0, calm, "slow start")
-    step = max(0.5, config.probe * rate) if probing else max(1.0, config.increase * rate)
+    if probing:
+        step = max(0.5, config.probe * rate)
+    else:
+        # Under a limit found before (a cut went below it), halve the distance back each
+        # window, as BIC-TCP does: 2% a window took 20 s to climb back from a cut of 30%.
+        step = max(1.0, config.increase * rate, (state.limit - rate) / 2)
+        if state.limit > rate:  # up to the limit, then probe past it
+            step = max(min(step, state.limit - rate), config.probe * rate, 0.5)
     return Decision(clamp(rate + step), 0.0, calm, "increase")
 
 

@@ -1054,11 +1054,18 @@ async def waiting_async(conn: redis.asyncio.Redis, keys: QueueKeys) -> Waiting:
 #       11 12 13 a window closes after at least ARGV[11] s (or the hash's w_min, which the
 #       learner stores: shorter while it starts) once it holds ARGV[12] answers, or after
 #       ARGV[13] s  14 credential id  15 seconds the hash lives after its last use
-# Returns {granted, wait, rate, hold_until, learner, window}: wait is the seconds until the
-# next permit (or the hold's end), learner the JSON the learner stored (or false), and
+#       16 the window the answers' permits were taken in, as this script returned it ('':
+#       whichever is open)
+# Returns {granted, wait, rate, hold_until, learner, window, w_start}: wait is the seconds
+# until the next permit (or the hold's end), learner the JSON the learner stored (or false),
 # window, only for the one caller that closed it, {seconds, ok, 429, other, granted,
-# retry_after, header_rate}, else {}. Fractions travel as strings (Lua numbers returned
-# to Redis are cut to integers).
+# retry_after, header_rate}, else {}, and w_start the window this call's permits count in.
+# Fractions travel as strings (Lua numbers returned to Redis are cut to integers).
+# A window holds the answers to its own permits only: answers that arrive after their
+# window closed (their requests' latency, or a worker that waited out a hold before it
+# reported) would be judged against another window's rate, and held answers after a hold
+# made the learner hold again and again. The permits taken by the call that closes a
+# window count in the next one, with their answers.
 # Why Lua: the bucket is read, refilled and taken from by every worker on every host, and
 # exactly one of them must close each window; one script is atomic and one round trip.
 ACQUIRE = """
@@ -1085,11 +1092,13 @@ if hold > now then
 elseif tokens < 1 then
   wait = (1 - tokens) / rate
 end
-local w_start = tonumber(h[6]) or now
-local ok = (tonumber(h[7]) or 0) + tonumber(ARGV[4])
-local throttled = (tonumber(h[8]) or 0) + tonumber(ARGV[5])
-local other = (tonumber(h[9]) or 0) + tonumber(ARGV[6])
-local taken = math.max(0, (tonumber(h[10]) or 0) + granted - unused)
+local w_tag = h[6] or tostring(now)
+local w_start = tonumber(w_tag)
+local counted = (ARGV[16] == '' or ARGV[16] == w_tag) and 1 or 0
+local ok = (tonumber(h[7]) or 0) + counted * tonumber(ARGV[4])
+local throttled = (tonumber(h[8]) or 0) + counted * tonumber(ARGV[5])
+local other = (tonumber(h[9]) or 0) + counted * tonumber(ARGV[6])
+local taken = math.max(0, (tonumber(h[10]) or 0) - unused)
 local retry_after = math.max(tonumber(h[11]) or -1, tonumber(ARGV[7]))
 local header_rate = tonumber(h[12]) or -1
 local reported = tonumber(ARGV[8])
@@ -1100,14 +1109,15 @@ if elapsed >= (tonumber(h[13]) or tonumber(ARGV[11]))
    and (ok + throttled + other >= tonumber(ARGV[12]) or elapsed >= tonumber(ARGV[13])) then
   window = {tostring(elapsed), ok, throttled, other, taken, tostring(retry_after),
             tostring(header_rate)}
-  w_start, ok, throttled, other, taken, retry_after, header_rate = now, 0, 0, 0, 0, -1, -1
+  w_tag, ok, throttled, other, taken, retry_after, header_rate = tostring(now), 0, 0, 0, 0, -1, -1
 end
+taken = taken + granted
 redis.call('HSET', key, 'rate', tostring(rate), 'tokens', tostring(tokens), 'ts', tostring(now),
-  'w_start', tostring(w_start), 'w_ok', ok, 'w_429', throttled, 'w_other', other,
+  'w_start', w_tag, 'w_ok', ok, 'w_429', throttled, 'w_other', other,
   'w_granted', taken, 'w_ra', tostring(retry_after), 'w_hr', tostring(header_rate))
 redis.call('EXPIRE', key, tonumber(ARGV[15]))
 redis.call('SADD', index, ARGV[14])
-return {granted, tostring(wait), tostring(rate), tostring(hold), h[5], window}
+return {granted, tostring(wait), tostring(rate), tostring(hold), h[5], window, w_tag}
 """
 _ACQUIRE = Script(ACQUIRE)
 
@@ -1126,6 +1136,9 @@ class Answers:
     """The largest ``Retry-After`` among the 429s."""
     header_rate: float | None = None
     """The smallest rate the answers' ``RateLimit`` fields allow (requests/s)."""
+    window: str = ""
+    """The window the answers' permits were taken in (:attr:`Permits.window_start`): they
+    count only while it is open. ``""``: in whichever window is open."""
 
     @property
     def total(self) -> int:
@@ -1174,6 +1187,8 @@ class Permits:
     """The learner's stored state (JSON), None before it stored any."""
     window: AnswerWindow | None
     """The window this call closed: its caller alone decides the next rate from it."""
+    window_start: str = ""
+    """The window the permits granted count in: report their answers with it."""
 
 
 def _optional(value: str) -> float | None:
@@ -1182,7 +1197,7 @@ def _optional(value: str) -> float | None:
 
 
 def _permits(reply: list[Any]) -> Permits:
-    granted, wait, rate, hold, learner, window = reply
+    granted, wait, rate, hold, learner, window, window_start = reply
     closed = None
     if window:
         seconds, ok, throttled, other, taken, retry_after, header_rate = window
@@ -1202,6 +1217,7 @@ def _permits(reply: list[Any]) -> Permits:
         hold_until=float(hold),
         learner=None if learner is None else text(learner),
         window=closed,
+        window_start=text(window_start),
     )
 
 
@@ -1231,6 +1247,7 @@ def _acquire_call(
         shape.window_max,
         credential,
         shape.ttl,
+        answers.window,
     )
 
 

@@ -14,12 +14,20 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import spawn_worker
+import redis.asyncio
+from conftest import run_on, spawn_worker
+from pydantic import SecretStr
 
+from ingest import keys
+from ingest.backpressure import Backpressure
+from ingest.delivery import Outcome, Verdict
+from ingest.jobs import Claimed
+from ingest.keys import QueueKeys
 from ingest.models import validate_payment
 from ingest.producer import Producer
-from ingest.ratelimit import read_send_rates
+from ingest.ratelimit import SendRate, credential_id, read_send_rates
 from ingest.sandbox import DEFAULT_ACCOUNT_TOKEN, SandboxConfig, SandboxServer, TokenGrant
+from ingest.scripts import Answers, BucketShape
 from ingest.settings import Settings
 from ingest.stats import read_accounting
 
@@ -136,3 +144,38 @@ def test_a_credential_held_by_a_run_of_429s_is_released_after_retry_after(
     assert read_accounting(redis_client, "payments").lost == 0
     throttled = sandbox.stats()["by_status"]["429"]
     assert throttled < 200, f"{throttled} 429s: the hold did not stop the sending"
+
+
+def test_answers_to_permits_of_a_window_closed_since_are_not_reported(redis_url: str) -> None:
+    """A worker that waits out a hold reports its answers late; those answer the window
+    that decided the hold and must not decide the next one too (they held it again and
+    again, and cut the rate to a third of the limit)."""
+    settings = Settings(
+        redis_url=redis_url, api_key=SecretStr("df_window_test"), send_rate_initial=1000
+    )
+    queue = QueueKeys(settings.queue)
+    clock = [1_800_000_000.0]
+    backpressure = Backpressure(settings, queue, clock=lambda: clock[0])
+    shape = BucketShape(100.0, 1.0, window_min=0.25, window_answers=50, window_max=5.0, ttl=60)
+    other_worker = SendRate(queue, credential_id("df_window_test", None), shape)
+    events = [Claimed(f"job-{i}", "{}", "-", 0, [], "{}", None) for i in range(3)]
+    too_many = Outcome(Verdict.TRANSIENT, 429, "slow down", retry_after=1.0)
+    delivered = Outcome(Verdict.DELIVERED, 200, "ok")
+
+    async def scenario(conn: redis.asyncio.Redis) -> tuple[int, int]:
+        sent = await backpressure.admit(conn, events[:2])
+        clock[0] += 1.0  # another worker's answers close the window these permits are in
+        await other_worker.acquire_async(conn, 0, now=clock[0], answers=Answers(ok=60))
+        clock[0] += 0.1
+        sent += await backpressure.admit(conn, events[2:])
+        assert len(sent) == 3
+        for event in sent[:2]:
+            backpressure.report(event, too_many, 0.05, in_flight=0)
+        backpressure.report(sent[2], delivered, 0.05, in_flight=0)
+        clock[0] += 0.1
+        await backpressure.admit(conn, [])
+        window = keys.send_rate(other_worker.credential)
+        ok, throttled = await conn.hmget(window, "w_ok", "w_429")
+        return int(ok or 0), int(throttled or 0)
+
+    assert run_on(redis_url, scenario) == (1, 0)

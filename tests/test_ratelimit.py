@@ -115,6 +115,38 @@ def test_a_window_closes_for_exactly_one_caller(
     assert second.window is None
 
 
+def test_answers_to_a_closed_windows_permits_count_in_no_window(
+    redis_client: redis.Redis, limiter: SendRate
+) -> None:
+    first = limiter.acquire(redis_client, 10, now=NOW)
+    closing = limiter.acquire(
+        redis_client, 0, now=NOW + 1.0, answers=Answers(ok=10, window=first.window_start)
+    )
+    assert closing.window is not None
+    assert closing.window.ok == 10
+    assert closing.window_start != first.window_start
+    late = Answers(throttled=10, window=first.window_start)  # after a hold, say
+    limiter.acquire(redis_client, 0, now=NOW + 1.5, answers=late)
+    on_time = Answers(ok=10, window=closing.window_start)
+    window = limiter.acquire(redis_client, 0, now=NOW + 2.0, answers=on_time).window
+    assert window is not None
+    assert (window.ok, window.throttled) == (10, 0)
+
+
+def test_permits_taken_by_the_call_that_closes_a_window_count_in_the_next(
+    redis_client: redis.Redis, limiter: SendRate
+) -> None:
+    first = limiter.acquire(redis_client, 4, now=NOW, answers=Answers(ok=10))
+    closing = limiter.acquire(redis_client, 6, now=NOW + 1.0)
+    assert closing.window is not None
+    assert closing.window.granted == 4
+    answers = Answers(ok=10, window=closing.window_start)
+    window = limiter.acquire(redis_client, 0, now=NOW + 2.0, answers=answers).window
+    assert first.window_start != closing.window_start
+    assert window is not None
+    assert window.granted == 6
+
+
 def test_a_stored_window_minimum_closes_the_next_windows_sooner(
     redis_client: redis.Redis, limiter: SendRate
 ) -> None:
