@@ -15,14 +15,15 @@ the order :func:`decide` applies them:
    ``max_noise``), the 429s are not about our rate: their share becomes the *noise*,
    tolerated from then on, and the cut is undone (slow start resumed if the cut ended it).
    In the replay of tests/test_ratelearner.py, 5% sporadic 429s cost one window at 90% of
-   the rate (bench/backpressure.py does not show that yet: see issue 14).
-4. The share of 429s is clearly (by two standard errors) above ``tolerated_share`` plus
-   the noise, or at all above it at or over the rate a limit was last found at: cut to a
-   little under the rate the API accepted in the window. By 30% at most once started; with
-   no such floor for the window that ends slow start (which goes no higher than the rate
-   before it), or for one whose 429s a cut did not reduce, so that start-up overshoots the
-   limit for a window or two, not more. What a window that used its rate accepted is
-   where the limit lies; one that did not use it can only raise that estimate.
+   the rate.
+4. The share of 429s is clearly (by ``confidence`` standard errors) above
+   ``tolerated_share`` plus the noise, or at all above it at or over the rate a limit was
+   last found at: cut to a little under the rate the API accepted in the window. By 30% at
+   most once started; with no such floor for the window that ends slow start, or for one
+   whose 429s a cut did not reduce, so that start-up overshoots the limit for a window or
+   two, not more. What a window that used its rate accepted, once started, is where the
+   limit lies (slow start's windows run through a token bucket's burst; one that did not
+   use its rate accepted less than the API allows): others leave that estimate as it was.
 5. Otherwise, if the window used its rate: multiply it by ``slow_start_factor`` while
    starting (slow start, until the first cut); under the limit found last, halve the
    distance to it (at least ``increase`` of the rate); at or over it, add only ``probe``.
@@ -72,6 +73,11 @@ class LearnerConfig:
     utilized: float = 0.8
     """A window used its rate when it took at least this share of its permits."""
     header_margin: float = 0.02
+    confidence: float = 3.0
+    """Standard errors by which a share of 429s must exceed the tolerated share to cut. At
+    two, one window in 44 of sporadic 429s at the tolerated share cut by chance, and the
+    window after could not tell that cut from one for a limit (regression to the mean), so
+    2% sporadic 429s cost a third of the rate (issue 14); at three, one in 740."""
     min_answers: int = 20
     """Fewer answers than this in a window decide nothing (but a hold)."""
     noise_fade: float = 0.1
@@ -159,9 +165,6 @@ def decide(
     # of slow start accepted more: the doubling runs through a token bucket's burst first,
     # and climbing back to that figure overshot the limit again.
     found = accepted if used and accepted > 0 and not state.slow_start else state.limit
-    # Nor can it show the rate too high unless the API refused the pace it did send at: its
-    # 429s may answer permits taken before (at a higher rate, or before a hold).
-    cuttable = used or accepted < window.granted / seconds
 
     # Straight to what was accepted, however deep, for the first throttled window (slow
     # start overshot) and for one whose 429s a cut did not reduce: the cut was too shallow,
@@ -184,8 +187,9 @@ def decide(
         held = LearnerState(slow_start=False, noise=state.noise, limit=found)
         # Exhausted: cut deeper than for a share of 429s, but never to nothing at once; a
         # window whose events mostly wait for their retries accepted little either way.
-        held_rate = cut_rate(config.deepest_hold_cut) if cuttable else rate
-        return Decision(held_rate, _hold(window, share, now, config), held, "hold")
+        return Decision(
+            cut_rate(config.deepest_hold_cut), _hold(window, share, now, config), held, "hold"
+        )
     if answered < config.min_answers:
         return Decision(rate, 0.0, state, "keep")
     noise = state.noise
@@ -203,7 +207,7 @@ def decide(
         state = LearnerState(slow_start=state.slow_start, noise=noise, limit=state.limit)
     probing = 0 < state.limit <= rate
     tolerated = config.tolerated_share + noise
-    if cuttable and share > (tolerated if probing else _threshold(tolerated, answered)):
+    if share > (tolerated if probing else _threshold(tolerated, answered, config.confidence)):
         cut = LearnerState(
             slow_start=False,
             noise=noise,
@@ -238,12 +242,12 @@ def _not_lower(share: float, before: float, answered: int) -> bool:
     return share >= max(before / 2, before - error)
 
 
-def _threshold(tolerated: float, answered: int) -> float:
-    """The share of 429s above which a window cuts: the tolerated share plus two standard
-    errors of it over ``answered`` answers, so that 2% sporadic 429s seen as 3 in 100 do
-    not cut, while 9 in 55 do."""
+def _threshold(tolerated: float, answered: int, confidence: float) -> float:
+    """The share of 429s above which a window cuts: the tolerated share plus ``confidence``
+    standard errors of it over ``answered`` answers, so that 2% sporadic 429s seen as 4 in
+    100 do not cut, while 9 in 55 do."""
     q = min(tolerated, 1.0)
-    return tolerated + 2 * math.sqrt(q * (1 - q) / answered)
+    return tolerated + confidence * math.sqrt(q * (1 - q) / answered)
 
 
 def _hold(window: AnswerWindow, share: float, now: float, config: LearnerConfig) -> float:

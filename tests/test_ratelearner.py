@@ -44,6 +44,7 @@ RATE_TABLE = [
     pytest.param(100.0, window(40), RUNNING, 100.0, 0.0, id="unused rate is not raised"),
     pytest.param(1000.0, window(980, 20), RUNNING, 1020.0, 0.0, id="2% of 429s: still raised"),
     pytest.param(100.0, window(97, 3), RUNNING, 102.0, 0.0, id="3 in 100: within chance"),
+    pytest.param(100.0, window(95, 5), RUNNING, 102.0, 0.0, id="5 in 100: within chance"),
     pytest.param(55.0, window(46, 9), RUNNING, 43.7, 0.0, id="9 in 55: clearly above, cut"),
     pytest.param(1000.0, window(900, 100), RUNNING, 855.0, 0.0, id="10% cut to 95% of accepted"),
     pytest.param(
