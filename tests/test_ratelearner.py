@@ -84,10 +84,20 @@ RATE_TABLE = [
         id="most 429: hold, cut by half at most",
     ),
     pytest.param(
-        500.0, window(10, 50, retry_after=None), RUNNING, 250.0, 1.0, id="most 429, no header: 1s"
+        500.0,
+        window(10, 50, granted=500, retry_after=None),
+        RUNNING,
+        250.0,
+        1.0,
+        id="most 429, no header: 1s",
     ),
     pytest.param(
-        500.0, window(10, 50, retry_after=600), RUNNING, 250.0, 30.0, id="hold capped at 30s"
+        500.0,
+        window(10, 50, granted=500, retry_after=600),
+        RUNNING,
+        250.0,
+        30.0,
+        id="hold capped at 30s",
     ),
     pytest.param(500.0, window(5, 1), RUNNING, 500.0, 0.0, id="too few answers: keep"),
     pytest.param(
@@ -219,6 +229,14 @@ def test_a_window_that_did_not_use_its_rate_never_lowers_the_limit_found() -> No
     )
     assert decision.reason == "hold"
     assert decision.state.limit == 500.0
+
+
+def test_a_hold_on_a_window_that_did_not_use_its_rate_keeps_the_rate() -> None:
+    sent_while_storing_a_hold = window(15, 50, granted=103, retry_after=1)
+    decision = decide(764.0, sent_while_storing_a_hold, RUNNING, now=NOW, config=CONFIG)
+    assert decision.reason == "hold"
+    assert decision.rate == 764.0
+    assert decision.hold_until == NOW + 1
 
 
 def test_429s_that_a_cut_reduces_are_a_real_limit_and_cut_again() -> None:
