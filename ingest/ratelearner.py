@@ -186,10 +186,11 @@ def decide(
     if answered and share >= config.hold_share:
         held = LearnerState(slow_start=False, noise=state.noise, limit=found)
         # Exhausted: cut deeper than for a share of 429s, but never to nothing at once; a
-        # window whose events mostly wait for their retries accepted little either way. One
-        # that did not use its rate (sent while the hold was being stored, say) holds again
-        # but keeps the rate: halving it too left four workers 14 s under a limit of 500.
-        held_rate = cut_rate(config.deepest_hold_cut) if used else rate
+        # window whose events mostly wait for their retries accepted little either way. Once
+        # started, one that did not use its rate (sent while the hold was being stored, say)
+        # holds again but keeps the rate: halving it too left four workers 14 s under a
+        # limit of 500. The window that ends slow start is about its rate, used or not.
+        held_rate = cut_rate(config.deepest_hold_cut) if used or state.slow_start else rate
         return Decision(held_rate, _hold(window, share, now, config), held, "hold")
     if answered < config.min_answers:
         return Decision(rate, 0.0, state, "keep")
