@@ -1053,7 +1053,9 @@ async def waiting_async(conn: redis.asyncio.Redis, keys: QueueKeys) -> Waiting:
 #       9 rate before anything was learned  10 bucket size in seconds of the rate
 #       11 12 13 a window closes after at least ARGV[11] s (or the hash's w_min, which the
 #       learner stores: shorter while it starts) once it holds ARGV[12] answers, or after
-#       ARGV[13] s  14 credential id  15 seconds the hash lives after its last use
+#       ARGV[13] s, or at once when ARGV[12] answers and most of all are 429 (the limit is
+#       exhausted: every moment until the hold is stored sends more requests to be refused)
+#       14 credential id  15 seconds the hash lives after its last use
 #       16 the window the answers' permits were taken in, as this script returned it ('':
 #       whichever is open)
 # Returns {granted, wait, rate, hold_until, learner, window, w_start}: wait is the seconds
@@ -1105,8 +1107,10 @@ local reported = tonumber(ARGV[8])
 if reported > 0 and (header_rate < 0 or reported < header_rate) then header_rate = reported end
 local window = {}
 local elapsed = now - w_start
-if elapsed >= (tonumber(h[13]) or tonumber(ARGV[11]))
-   and (ok + throttled + other >= tonumber(ARGV[12]) or elapsed >= tonumber(ARGV[13])) then
+local answered = ok + throttled + other
+if (elapsed >= (tonumber(h[13]) or tonumber(ARGV[11]))
+    and (answered >= tonumber(ARGV[12]) or elapsed >= tonumber(ARGV[13])))
+   or (throttled >= tonumber(ARGV[12]) and throttled * 2 >= answered) then
   window = {tostring(elapsed), ok, throttled, other, taken, tostring(retry_after),
             tostring(header_rate)}
   w_tag, ok, throttled, other, taken, retry_after, header_rate = tostring(now), 0, 0, 0, 0, -1, -1

@@ -147,6 +147,17 @@ def test_permits_taken_by_the_call_that_closes_a_window_count_in_the_next(
     assert window.granted == 6
 
 
+def test_a_window_closes_at_once_when_most_of_its_answers_are_429(
+    redis_client: redis.Redis, limiter: SendRate
+) -> None:
+    limiter.acquire(redis_client, 0, now=NOW, answers=Answers(ok=9, throttled=9))
+    assert limiter.acquire(redis_client, 0, now=NOW + 0.1).window is None  # 9 of 18: few
+    exhausted = limiter.acquire(redis_client, 0, now=NOW + 0.1, answers=Answers(throttled=1))
+    assert exhausted.window is not None
+    assert exhausted.window.throttled == 10
+    assert exhausted.window.seconds == pytest.approx(0.1)
+
+
 def test_a_stored_window_minimum_closes_the_next_windows_sooner(
     redis_client: redis.Redis, limiter: SendRate
 ) -> None:
