@@ -19,11 +19,12 @@ the order :func:`decide` applies them:
 4. The share of 429s is clearly (by ``confidence`` standard errors) above
    ``tolerated_share`` plus the noise, or at all above it at or over the rate a limit was
    last found at: cut to a little under the rate the API accepted in the window. By 30% at
-   most once started; with no such floor for the window that ends slow start, or for one
-   whose 429s a cut did not reduce, so that start-up overshoots the limit for a window or
-   two, not more. What a window that used its rate accepted, once started, is where the
-   limit lies (slow start's windows run through a token bucket's burst; one that did not
-   use its rate accepted less than the API allows): others leave that estimate as it was.
+   most once started, if the window did not use its rate; with no such floor for one that
+   did, for the window that ends slow start, or for one whose 429s a cut did not reduce, so
+   that start-up overshoots the limit for a window or two, not more. What a window that
+   used its rate accepted, once started, is where the limit lies (slow start's windows run
+   through a token bucket's burst; one that did not use its rate accepted less than the
+   API allows): others leave that estimate as it was.
 5. Otherwise, if the window used its rate: multiply it by ``slow_start_factor`` while
    starting (slow start, until the first cut); under the limit found last, halve the
    distance to it (at least ``increase`` of the rate); at or over it, add only ``probe``.
@@ -56,10 +57,11 @@ class LearnerConfig:
     cut_margin: float = 0.05
     """A cut goes to this much under the accepted rate..."""
     deepest_cut: float = 0.7
-    """... but, once started, no lower than this share of the rate: a window that did not
-    use its rate (workers starting, a short queue) accepted less than the limit allows.
-    While starting there is no such floor: the first throttled window ends slow start at
-    the rate the API accepted, however far above it the doubling went."""
+    """... but, once started, no lower than this share of the rate when the window did not
+    use its rate (workers starting, a short queue): it accepted less than the limit allows.
+    A window that used its rate is cut to what the API accepted, however deep (a cut of
+    30% from 79/s against a limit of 50 cost another window of 429s), and so is the first
+    throttled window, which ends slow start however far above the limit it went."""
     deepest_hold_cut: float = 0.5
     """The same floor when most answers are 429."""
     slow_start_factor: float = 2.0
@@ -218,7 +220,7 @@ def decide(
             slow_before=state.slow_start,
             limit=found,
         )
-        return Decision(cut_rate(config.deepest_cut), 0.0, cut, "cut")
+        return Decision(cut_rate(0.0 if used else config.deepest_cut), 0.0, cut, "cut")
     if share < noise:
         noise += config.noise_fade * (share - noise)
     calm = LearnerState(slow_start=state.slow_start, noise=noise, limit=state.limit)

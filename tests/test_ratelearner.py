@@ -48,8 +48,14 @@ RATE_TABLE = [
     pytest.param(55.0, window(46, 9), RUNNING, 43.7, 0.0, id="9 in 55: clearly above, cut"),
     pytest.param(1000.0, window(900, 100), RUNNING, 855.0, 0.0, id="10% cut to 95% of accepted"),
     pytest.param(
-        3200.0, window(2000, 1200), RUNNING, 2240.0, 0.0, id="once started: cut 30% at most"
+        3200.0,
+        window(1500, 900, granted=2400),
+        RUNNING,
+        2240.0,
+        0.0,
+        id="once started, rate not used: cut 30% at most",
     ),
+    pytest.param(3200.0, window(2000, 1200), RUNNING, 1900.0, 0.0, id="rate used: cut to accepted"),
     pytest.param(
         3200.0,
         window(1200, 800),
