@@ -42,9 +42,9 @@ from rich.table import Table
 
 from bench.harness import install_signal_handlers, make_payments, progress, ratio
 from ingest.delivery import PAYMENTS_PATH, PaymentsClient, build_session, classify
-from ingest.extras import event_loop_factory
 from ingest.sandbox import DEFAULT_WEBSITE_KEY, Faults, SandboxConfig, SandboxProcess
 from ingest.settings import Settings
+from ingest.worker import event_loop_factory
 
 Send = Callable[[str], Awaitable[bool]]
 

@@ -7,9 +7,7 @@ of ours it did not ask for.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
-from collections.abc import Callable
 
 from .errors import ConfigurationError
 
@@ -39,18 +37,3 @@ def require(extra: str, feature: str) -> None:
             f"{feature} needs the {extra} extra ({', '.join(absent)} not installed): "
             f"{install_command(extra)}"
         )
-
-
-def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop when the ``uvloop`` extra is installed, else None (asyncio's own).
-
-    uvloop runs the worker, and the sandbox, with less CPU per request (README,
-    Performance); it is an extra because a checkout app, which imports this package for the
-    producer, needs none of it, and uvloop has no Windows build.
-    """
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory

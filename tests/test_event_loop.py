@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ingest.extras import event_loop_factory
+from ingest.worker import event_loop_factory
 
 
 def test_worker_event_loop_is_uvloop_when_installed() -> None:

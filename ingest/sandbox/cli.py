@@ -16,8 +16,6 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from ingest.extras import event_loop_factory
-
 from .config import (
     DEFAULT_ACCOUNT_TOKEN,
     DEFAULT_CLI_PORT,
@@ -199,10 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        # uvloop when installed, as the worker: the sandbox shares this machine with the
-        # workers it answers, and its CPU is theirs (README, Performance).
-        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            return runner.run(_serve(config, quiet=args.quiet))
+        return asyncio.run(_serve(config, quiet=args.quiet))
     except OSError as exc:
         print(f"sandbox: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
