@@ -34,6 +34,7 @@ from ingest.console.config import ConsoleOptions
 from ingest.deadletter import DeadLetterStore
 from ingest.models import validate_payment
 from ingest.producer import Producer
+from ingest.ratelimit import credential_id, read_send_rates
 from ingest.settings import Settings
 
 from .conftest import QUEUE, TOKEN
@@ -330,3 +331,41 @@ def test_logging_in_with_the_token(
     expect(page.locator("[data-live-status]")).to_contain_text("live", timeout=WAIT_MS)
     page.get_by_role("button", name="Log out").click()
     expect(page.get_by_label("Token")).to_be_visible()
+
+
+def test_the_overview_shows_the_send_rate_a_real_worker_learned(
+    settings: Settings,
+    sandbox: Any,
+    start_worker: Any,
+    live_console: str,
+    browser: Any,
+    shoot: Callable[[Any, str], None],
+    redis_client: redis.Redis,
+) -> None:
+    """Payments through a real worker against the sandbox's token bucket of 100/s: the
+    overview shows the rate the worker learned, by the credential's short hash, never the
+    key."""
+    from ingest.sandbox import DEFAULT_WEBSITE_KEY
+
+    expect = sync_api.expect
+    sandbox.set_faults(rate_limit=100)
+    producer = Producer(settings.with_overrides(producer_timeout=5.0))
+    try:
+        producer.enqueue_many(
+            validate_payment(amount=Decimal("9.90"), currency="usd", transaction_id=f"ord_r{i}")
+            for i in range(600)
+        )
+    finally:
+        producer.close()
+    worker = start_worker(burst=True)
+    assert worker.wait(60) == 0, worker.output()
+    [learned] = read_send_rates(redis_client, QUEUE, now=time.time())
+    assert learned.credential == credential_id(DEFAULT_WEBSITE_KEY, None)
+    assert 30.0 < learned.rate < 200.0  # started at 30/s, learned near the limit of 100/s
+
+    page = browser.new_page(viewport={"width": 1360, "height": 900})
+    page.goto(live_console + "/")
+    expect(page.locator("[data-send-rate]")).to_have_text(re.compile(r"^\d+(\.\d)?/s"))
+    expect(page.get_by_text(f"Send rate {learned.credential}")).to_be_visible()
+    shoot(page, "send-rate")
+    assert DEFAULT_WEBSITE_KEY not in page.content()
