@@ -38,7 +38,7 @@ class TimedWorker(IngestWorker):
 
     def _start_run(self) -> _Run:
         run = super()._start_run()
-        send, release = run.client.send, run.limiter.release
+        send, report = run.client.send, run.backpressure.report
 
         async def timed_send(body: Any, website: Any) -> Any:
             started = time.perf_counter()
@@ -48,14 +48,15 @@ class TimedWorker(IngestWorker):
             self.totals["POST (send to answer read)"] += self._post_end - started
             return outcome
 
-        def timed_release(**kwargs: Any) -> None:
+        def timed_report(claimed: Any, outcome: Any, seconds: float, in_flight: int) -> None:
+            # The slot is free once its answer is reported: the next claim may take it.
             now = time.perf_counter()
             self.totals["answer read -> slot freed"] += now - self._post_end
             self.freed.append(now)
-            release(**kwargs)
+            report(claimed, outcome, seconds, in_flight)
 
         run.client.send = timed_send  # type: ignore[method-assign]
-        run.limiter.release = timed_release  # type: ignore[method-assign]
+        run.backpressure.report = timed_report  # type: ignore[method-assign]
         return run
 
     async def _claim(self, run: _Run) -> int:
@@ -66,6 +67,8 @@ class TimedWorker(IngestWorker):
         self._claim_end = ended
         self.totals["loop: claim calls"] += ended - started
         self.totals["claims"] += 1
+        self.totals["concurrency limit"] += run.backpressure.concurrency.limit
+        self.totals["in flight"] += len(run.in_flight)
         for _ in range(min(n, len(self.freed))):
             self.totals["slot freed -> claim starts"] += started - self.freed.popleft()
         self.totals["claim round trip (per slot)"] += n * (ended - started)
@@ -113,6 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "slot freed -> claim starts",
     ):
         print(f"  {key:32s} {1e3 * t[key] / n:7.2f}")
+    passes = max(1, t["claims"])
+    print(
+        f"mean over claim passes: concurrency limit {t['concurrency limit'] / passes:.0f}, "
+        f"in flight {t['in flight'] / passes:.0f}"
+    )
     print(f"loop, per claim pass ({int(t['claims']):,} passes), ms:")
     for key in ("loop: housekeeping", "loop: claim calls", "loop: ack calls"):
         print(f"  {key:32s} {1e3 * t[key] / max(1, t['claims']):7.2f}")
