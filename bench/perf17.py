@@ -1,7 +1,8 @@
 """Issue 17's targets, before and after, measured in ONE run: one table with a ratio per row.
 
     python -m bench.perf17 --before DIR [--after DIR] [--events 8000] [--repeats 2]
-                           [--backlog] [--json FILE]
+                           [--backlog] [--before-env NAME=VALUE] [--after-env NAME=VALUE]
+                           [--json FILE]
 
 ``--before`` is a checkout of the code to compare against (for example
 ``git worktree add --detach ../before main``); ``--after`` defaults to this checkout. Both
@@ -290,11 +291,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--skip", default="", help="comma-separated: drain,learned,four,enqueue,kill"
     )
+    for side in ("before", "after"):
+        parser.add_argument(
+            f"--{side}-env",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help=f"a setting for the {side} side's workers only (repeatable), e.g. "
+            "INGEST_CONCURRENCY=128: the same code, two settings",
+        )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     install_signal_handlers()
     skip = set(filter(None, args.skip.split(",")))
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
+    side_env = {
+        "before": dict(item.split("=", 1) for item in args.before_env),
+        "after": dict(item.split("=", 1) for item in args.after_env),
+    }
     figures = Figures()
     loads = [load_average()]
     started = time.monotonic()
@@ -304,10 +318,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for _ in range(repeats):
             for side, tree in trees.items():
                 env.tree = tree
+                env.worker_settings = dict(side_env[side])
                 step(side)
 
     with BenchEnv(latency_ms=LATENCY_MS) as env:
-        progress(f"before = {trees['before']}, after = {trees['after']}; load {loads[0]}")
+        progress(
+            f"before = {trees['before']} {side_env['before'] or ''}, "
+            f"after = {trees['after']} {side_env['after'] or ''}; load {loads[0]}"
+        )
         if "drain" not in skip:
             each(
                 f"drain at {LATENCY_MS:g} ms, 1 process, {args.events:,} events",
@@ -319,11 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # for a day): an initial rate at the ceiling stands in for that state, so this
             # row is the worker's own speed, the row above it a cold start from 30/s.
             def learned(side: str) -> None:
-                env.worker_settings = {"INGEST_SEND_RATE_INITIAL": "10000"}
-                try:
-                    drain_figures(env, figures, side, args.events, 1, " learned")
-                finally:
-                    env.worker_settings = {}
+                env.worker_settings["INGEST_SEND_RATE_INITIAL"] = "10000"
+                drain_figures(env, figures, side, args.events, 1, " learned")
 
             each(
                 f"drain at {LATENCY_MS:g} ms, 1 process, send rate already learned",
