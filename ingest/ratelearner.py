@@ -161,12 +161,13 @@ def decide(
     seconds = max(window.seconds, 1e-3)
     accepted = max(window.granted, answered) * (1 - share) / seconds
     used = window.granted >= config.utilized * rate * window.seconds
-    # Where a limit lies: what a window that used its rate got accepted, once started. A
-    # window that did not use it (held, or its answers lagging a hold) accepted less than
-    # the API allows: taken as the limit, it kept the rate crawling far under it. A window
-    # of slow start accepted more: the doubling runs through a token bucket's burst first,
-    # and climbing back to that figure overshot the limit again.
-    found = accepted if used and accepted > 0 and not state.slow_start else state.limit
+    # Where a limit lies: what a window that used its rate got accepted, or the window that
+    # ended slow start (an overestimate: the doubling runs through a token bucket's burst
+    # first, but the climb back toward it finds the limit within a few windows, where
+    # without it the rate crawled up by 2% a window). A window that did not use its rate
+    # (held, or its answers lagging a hold) accepted less than the API allows: taken as the
+    # limit, it kept the rate crawling far under it.
+    found = accepted if (used or state.slow_start) and accepted > 0 else state.limit
 
     # Straight to what was accepted, however deep, for the first throttled window (slow
     # start overshot) and for one whose 429s a cut did not reduce: the cut was too shallow,
@@ -188,11 +189,10 @@ def decide(
     if answered and share >= config.hold_share:
         held = LearnerState(slow_start=False, noise=state.noise, limit=found)
         # Exhausted: cut deeper than for a share of 429s, but never to nothing at once; a
-        # window whose events mostly wait for their retries accepted little either way. Once
-        # started, one that did not use its rate (sent while the hold was being stored, say)
-        # holds again but keeps the rate: halving it too left four workers 14 s under a
-        # limit of 500. The window that ends slow start is about its rate, used or not.
-        held_rate = cut_rate(config.deepest_hold_cut) if used or state.slow_start else rate
+        # window whose events mostly wait for their retries accepted little either way.
+        # Every hold cuts: a window after a hold spans the hold, so it never looks used, and
+        # keeping the rate there resumed at it, held again and again (4% of L=500).
+        held_rate = cut_rate(config.deepest_hold_cut)
         return Decision(held_rate, _hold(window, share, now, config), held, "hold")
     if answered < config.min_answers:
         return Decision(rate, 0.0, state, "keep")
