@@ -22,9 +22,9 @@ the order :func:`decide` applies them:
    most once started, if the window did not use its rate; with no such floor for one that
    did, for the window that ends slow start, or for one whose 429s a cut did not reduce, so
    that start-up overshoots the limit for a window or two, not more. What a window that
-   used its rate accepted, once started, is where the limit lies (slow start's windows run
-   through a token bucket's burst; one that did not use its rate accepted less than the
-   API allows): others leave that estimate as it was.
+   used its rate accepted, or the window that ended slow start, is where the limit lies;
+   one that did not use its rate accepted less than the API allows and leaves that
+   estimate as it was.
 5. Otherwise, if the window used its rate: multiply it by ``slow_start_factor`` while
    starting (slow start, until the first cut); under the limit found last, halve the
    distance to it (at least ``increase`` of the rate); at or over it, add only ``probe``.
