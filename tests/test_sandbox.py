@@ -516,6 +516,24 @@ def test_latency_delays_every_answer(client: httpx.Client, sandbox: SandboxServe
     assert time.monotonic() - started >= 0.2
 
 
+def test_a_client_gone_before_its_body_is_read_is_no_error_and_no_record(
+    sandbox: SandboxServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    sandbox.set_faults(latency_ms=300)
+    host, port = sandbox.url.removeprefix("http://").split(":")
+    body = b'{"amount": 1, "currency": "USD", "transaction_id": "tx_gone"}'
+    head = (
+        f"POST {PAYMENTS} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {AUTH['Authorization']}"
+        f"\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port))) as gone:
+        gone.sendall(head.encode() + body)
+        time.sleep(0.05)  # the sandbox is waiting out its latency when the client leaves
+    time.sleep(0.5)
+    assert sandbox.records(transaction_id="tx_gone") == []
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+
+
 def test_seed_makes_random_faults_reproducible(
     client: httpx.Client, sandbox: SandboxServer
 ) -> None:
