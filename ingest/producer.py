@@ -31,7 +31,7 @@ from .errors import QueueUnavailableError, SpoolFullError, ValidationError
 from .jobs import job_data, job_description
 from .logs import get_logger
 from .models import Payment, payment_from_mapping, validate_payment
-from .scripts import ENQUEUE, Enqueue
+from .scripts import ENQUEUE, Enqueue, EnqueueEvent
 from .settings import Settings
 from .spool import FlushResult, Spool
 
@@ -177,25 +177,25 @@ class _ProducerBase:
         self._enqueue = Enqueue(self.keys)
 
     @staticmethod
-    def _event_fields(payment: Payment, job_id: str) -> dict[str, Any]:
+    def _event(payment: Payment, job_id: str) -> EnqueueEvent:
         """What the ``ENQUEUE`` script is given for one event (:class:`Enqueue`)."""
-        return {
-            "job_id": job_id,
-            "data": job_data(payment),
-            "website": payment.website_id or keys.DEFAULT_SITE,
-            "description": job_description(payment),
-            "refund": payment.refunded,
+        return EnqueueEvent(
+            job_id=job_id,
+            data=job_data(payment),
+            website=payment.website_id or keys.DEFAULT_SITE,
+            description=job_description(payment),
+            refund=payment.refunded,
             # A payment's own id (a hash) unless it is a refund: computed once per enqueue.
-            "payment_job_id": payment.payment_job_id if payment.refunded else job_id,
-            "now": datetime.now(UTC),
-        }
+            payment_job_id=payment.payment_job_id if payment.refunded else job_id,
+            now=datetime.now(UTC),
+        )
 
     def _script_call(self, payment: Payment, job_id: str) -> tuple[list[bytes], list[bytes]]:
-        return self._enqueue.arguments(**self._event_fields(payment, job_id))
+        return self._enqueue.arguments(self._event(payment, job_id))
 
     def _packed_call(self, payment: Payment, job_id: str) -> bytes:
         """:meth:`_script_call`, packed for the socket (:meth:`Enqueue.packed_event`)."""
-        return self._enqueue.packed_event(**self._event_fields(payment, job_id))
+        return self._enqueue.packed_event(self._event(payment, job_id))
 
     def _receipt(self, payment: Payment, result: Any, job_id: str | None = None) -> Receipt:
         status = _RESULTS[int(result)]
@@ -336,7 +336,7 @@ class Producer(_ProducerBase):
 
     def enqueue(self, payment: Payment) -> Receipt:
         """Put one validated event on the queue: one round trip (``EVALSHA``), or the spool."""
-        if not self.breaker.allow() or (payment.refunded and self._behind_spool([payment])):
+        if not self.breaker.allow() or self._behind_spool([payment]):
             return self._spool_only([payment])[0]
         job_id = payment.job_id
         connection = self.connection

@@ -192,8 +192,9 @@ def decide(
         # window whose events mostly wait for their retries accepted little either way.
         # Every hold cuts: a window after a hold spans the hold, so it never looks used, and
         # keeping the rate there resumed at it, held again and again (4% of L=500).
-        held_rate = cut_rate(config.deepest_hold_cut)
-        return Decision(held_rate, _hold(window, share, now, config), held, "hold")
+        return Decision(
+            cut_rate(config.deepest_hold_cut), _hold(window, share, now, config), held, "hold"
+        )
     if answered < config.min_answers:
         return Decision(rate, 0.0, state, "keep")
     noise = state.noise

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import redis
 import redis.asyncio
@@ -203,14 +203,28 @@ return 1
 """
 
 
+class EnqueueEvent(NamedTuple):
+    """One event's own part of an ``ENQUEUE`` call: what :meth:`Enqueue.arguments` and
+    :meth:`Enqueue.packed_event` both take."""
+
+    job_id: str
+    data: str
+    website: str
+    description: str
+    refund: bool
+    payment_job_id: str
+    """The payment's own job id: the event's, unless it is a refund."""
+    now: datetime
+
+
 class Enqueue:
     """``ENQUEUE`` for one queue, on the checkout's hot path.
 
     Everything goes to redis-py as bytes, the queue's own keys encoded once here: redis-py
     then packs the command without encoding each argument again (measurable per checkout).
-    :meth:`arguments` builds one event's keys and arguments; :meth:`run`, :meth:`run_async`
-    and :meth:`add_to` (a pipeline) send them. Each returns (or the pipeline answers)
-    1 queued, 2 deferred, 0 duplicate.
+    :meth:`arguments` builds one event's keys and arguments from an :class:`EnqueueEvent`;
+    :meth:`run`, :meth:`run_async` and :meth:`add_to` (a pipeline) send them. Each returns
+    (or the pipeline answers) 1 queued, 2 deferred, 0 duplicate.
     """
 
     script = Script(ENQUEUE)
@@ -250,59 +264,40 @@ class Enqueue:
             )
         )
 
-    def arguments(
-        self,
-        *,
-        job_id: str,
-        data: str,
-        website: str,
-        description: str,
-        refund: bool,
-        payment_job_id: str,
-        now: datetime,
-    ) -> tuple[list[bytes], list[bytes]]:
+    def arguments(self, event: EnqueueEvent) -> tuple[list[bytes], list[bytes]]:
+        job_id = event.job_id
         keys = [
             job_key(job_id).encode(),
             self._queue,
             self._stats,
             self._keys.done(job_id).encode(),
             self._dead,
-            job_key(payment_job_id).encode(),
+            job_key(event.payment_job_id).encode(),
             self._deferred,
             self._dead_in,
         ]
         args = [
             job_id.encode(),
-            data.encode(),
-            utc_iso(now, timespec=RQ_TIMESPEC).encode(),
+            event.data.encode(),
+            utc_iso(event.now, timespec=RQ_TIMESPEC).encode(),
             self._name,
-            website.encode(),
-            description.encode(),
-            b"1" if refund else b"0",
-            repr(now.timestamp()).encode(),
+            event.website.encode(),
+            event.description.encode(),
+            b"1" if event.refund else b"0",
+            repr(event.now.timestamp()).encode(),
         ]
         return keys, args
 
-    def packed_event(
-        self,
-        *,
-        job_id: str,
-        data: str,
-        website: str,
-        description: str,
-        refund: bool,
-        payment_job_id: str,
-        now: datetime,
-    ) -> bytes:
-        """``packed(arguments(...))`` in one step, the constant keys and arguments spliced
+    def packed_event(self, event: EnqueueEvent) -> bytes:
+        """``packed(arguments(event))`` in one step, the constant keys and arguments spliced
         in already packed: the checkout's path (tests/test_producer.py holds the two equal)."""
-        job = job_id.encode()
-        payment_job = payment_job_id.encode()
-        data_bytes = data.encode()
-        iso = utc_iso(now, timespec=RQ_TIMESPEC).encode()
-        site = website.encode()
-        text = description.encode()
-        unix = repr(now.timestamp()).encode()
+        job = event.job_id.encode()
+        payment_job = event.payment_job_id.encode()
+        data_bytes = event.data.encode()
+        iso = utc_iso(event.now, timespec=RQ_TIMESPEC).encode()
+        site = event.website.encode()
+        text = event.description.encode()
+        unix = repr(event.now.timestamp()).encode()
         return self._template % (
             self._job_prefix_len + len(job),
             job,
@@ -320,7 +315,7 @@ class Enqueue:
             site,
             len(text),
             text,
-            b"1" if refund else b"0",
+            b"1" if event.refund else b"0",
             len(unix),
             unix,
         )

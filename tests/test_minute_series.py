@@ -19,7 +19,17 @@ from conftest import run_on
 from ingest import keys
 from ingest.jobs import job_data, job_description
 from ingest.models import validate_payment
-from ingest.scripts import Acknowledgement, Dead, Delivered, Enqueue, Retry, ack, claim, reclaim
+from ingest.scripts import (
+    Acknowledgement,
+    Dead,
+    Delivered,
+    Enqueue,
+    EnqueueEvent,
+    Retry,
+    ack,
+    claim,
+    reclaim,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -38,13 +48,15 @@ def enqueue(client: redis.Redis, transaction_ids: Sequence[str], *, at: float) -
     for transaction_id in transaction_ids:
         payment = validate_payment(amount="9.99", currency="EUR", transaction_id=transaction_id)
         call = script.arguments(
-            job_id=payment.job_id,
-            data=job_data(payment),
-            website=keys.DEFAULT_SITE,
-            description=job_description(payment),
-            refund=False,
-            payment_job_id=payment.job_id,
-            now=datetime.fromtimestamp(at, UTC),
+            EnqueueEvent(
+                job_id=payment.job_id,
+                data=job_data(payment),
+                website=keys.DEFAULT_SITE,
+                description=job_description(payment),
+                refund=False,
+                payment_job_id=payment.job_id,
+                now=datetime.fromtimestamp(at, UTC),
+            )
         )
         assert script.run(client, call) == 1
         ids.append(payment.job_id)

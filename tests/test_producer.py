@@ -26,7 +26,7 @@ from ingest.jobs import Claimed, job_data
 from ingest.models import Payment, validate_payment
 from ingest.producer import Producer, Receipt, Rejected, enqueue_payment, enqueue_payments
 from ingest.retry import RetryPolicy
-from ingest.scripts import ENQUEUE, Enqueue, Retry, ack, claim
+from ingest.scripts import ENQUEUE, Enqueue, EnqueueEvent, Retry, ack, claim
 from ingest.settings import Settings
 from ingest.worker import decide
 
@@ -177,13 +177,15 @@ def test_prepacked_enqueue_is_byte_for_byte_what_redis_py_would_send() -> None:
     enqueue = Enqueue(keys.QueueKeys("payments"))
     event = payment("pi_packed", name='Zoë "Q"')
     call = enqueue.arguments(
-        job_id=event.job_id,
-        data=job_data(event),
-        website="-",
-        description="payment pi_packed",
-        refund=False,
-        payment_job_id=event.job_id,
-        now=datetime(2027, 1, 15, tzinfo=UTC),
+        EnqueueEvent(
+            job_id=event.job_id,
+            data=job_data(event),
+            website="-",
+            description="payment pi_packed",
+            refund=False,
+            payment_job_id=event.job_id,
+            now=datetime(2027, 1, 15, tzinfo=UTC),
+        )
     )
     ks, args = call
     expected = redis.Connection().pack_command("EVALSHA", Enqueue.script.sha, len(ks), *ks, *args)
@@ -197,16 +199,16 @@ def test_enqueue_packed_in_one_step_is_byte_for_byte_the_packed_arguments(
 ) -> None:
     enqueue = Enqueue(keys.QueueKeys(queue))
     event = payment("pi_packed", name='Zoë "Q"', website_id=WEBSITE, refunded=refund)
-    fields: dict[str, Any] = {
-        "job_id": event.job_id,
-        "data": job_data(event),
-        "website": WEBSITE,
-        "description": "refund pi_packed" if refund else "payment pi_packed",
-        "refund": refund,
-        "payment_job_id": event.payment_job_id,
-        "now": datetime(2027, 1, 15, 8, 30, 1, 250000, tzinfo=UTC),
-    }
-    assert enqueue.packed_event(**fields) == enqueue.packed(enqueue.arguments(**fields))
+    fields = EnqueueEvent(
+        job_id=event.job_id,
+        data=job_data(event),
+        website=WEBSITE,
+        description="refund pi_packed" if refund else "payment pi_packed",
+        refund=refund,
+        payment_job_id=event.payment_job_id,
+        now=datetime(2027, 1, 15, 8, 30, 1, 250000, tzinfo=UTC),
+    )
+    assert enqueue.packed_event(fields) == enqueue.packed(enqueue.arguments(fields))
 
 
 def test_enqueue_on_a_single_connection_client_queues_once_and_reports_the_duplicate(
