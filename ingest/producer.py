@@ -173,6 +173,9 @@ class _ProducerBase:
         self._flusher: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
         self._flusher_lock = threading.Lock()
+        # Set by close(): the watchdog stops probing. Left running, it flushed a closed
+        # producer's spool into whatever server later took the same address.
+        self._closed = threading.Event()
         self._spool_dirty = self.spool is not None and self.spool.pending() > 0
         self._enqueue = Enqueue(self.keys)
 
@@ -236,8 +239,7 @@ class _ProducerBase:
             self._watchdog.start()
 
     def _wait_for_redis(self) -> None:
-        while self._spool_dirty:
-            time.sleep(self.settings.breaker_cooldown)
+        while self._spool_dirty and not self._closed.wait(self.settings.breaker_cooldown):
             probe = connect(self.settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
             try:
                 probe.ping()
@@ -395,6 +397,9 @@ class Producer(_ProducerBase):
             return list(pipe.execute(raise_on_error=False))
 
     def close(self) -> None:
+        """Close the connection and stop watching for Redis: what is still spooled stays on
+        disk for the next producer on this spool directory."""
+        self._closed.set()
         self.connection.close()
         if self.spool is not None:
             self.spool.close()
@@ -496,6 +501,8 @@ class AsyncProducer(_ProducerBase):
             return list(await pipe.execute(raise_on_error=False))
 
     async def aclose(self) -> None:
+        """The asyncio twin of :meth:`Producer.close`."""
+        self._closed.set()
         await self.connection.aclose()
         if self.spool is not None:
             self.spool.close()

@@ -186,6 +186,15 @@ def _wait_for_background_flushes(timeout: float = 10.0) -> None:
             thread.join(timeout)
 
 
+def _assert_no_watchdog_left(timeout: float = 2.0) -> None:
+    # A watchdog that outlives its producer flushes the spool into whatever server later
+    # takes the same port: another test's Redis.
+    for thread in threading.enumerate():
+        if thread.name == "ingest-redis-watchdog":
+            thread.join(timeout)
+            assert not thread.is_alive(), "a closed producer still watches for Redis"
+
+
 MakeProducer = Callable[..., Producer]
 
 
@@ -203,6 +212,7 @@ def make_producer(spool_dir: Path) -> Iterator[MakeProducer]:
     _wait_for_background_flushes()
     for producer in made:
         producer.close()
+    _assert_no_watchdog_left()
 
 
 MakeAsyncProducer = Callable[..., AsyncProducer]
@@ -218,6 +228,7 @@ def make_async_producer(spool_dir: Path) -> Iterator[MakeAsyncProducer]:
 
     yield make
     _wait_for_background_flushes()
+    _assert_no_watchdog_left()
 
 
 def fields(transaction_id: str, **changes: Any) -> dict[str, Any]:

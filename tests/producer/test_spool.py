@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
 
+from ingest.embedded import RedisServer
 from ingest.errors import SpoolFullError
 from ingest.producer import Producer, enqueue_payment
 from ingest.spool import QUARANTINE
@@ -218,6 +221,31 @@ def test_spool_keeps_raising_while_full_instead_of_dropping_silently(
     for i in range(5):
         with pytest.raises(SpoolFullError):
             enqueue_payment(**fields(f"after-full-{i}"), producer=producer)
+
+
+def test_a_closed_producer_stops_watching_for_redis_and_leaves_its_spool_on_disk(
+    closed_redis_url: str, make_producer: MakeProducer
+) -> None:
+    # Its watchdog once outlived it and flushed its spool into a later test's Redis, a
+    # fresh server that happened to get the same free port.
+    producer = make_producer(closed_redis_url, breaker_cooldown=0.05)
+    spooled = spool_events(producer, "closed", 3)
+    [watchdog] = [t for t in threading.enumerate() if t.name == "ingest-redis-watchdog"]
+
+    producer.close()
+    watchdog.join(timeout=2)
+
+    assert not watchdog.is_alive()
+    port = int(closed_redis_url.rsplit(":", 1)[1].split("/")[0])
+    with RedisServer(port=port) as server:
+        time.sleep(0.3)  # six cooldowns: a live watchdog would have flushed by now
+        client = redis.Redis.from_url(server.url)
+        try:
+            assert queued_transaction_ids(client) == []
+        finally:
+            client.close()
+    assert producer.spool is not None
+    assert producer.spool.pending() == len(spooled)
 
 
 @pytest.mark.parametrize(("policy", "syncs_per_event"), [(True, 1), (False, 0)])
