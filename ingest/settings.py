@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     )
     queue: str = Field(default="payments", description="Queue name.")
     concurrency: int = Field(
-        default=128,
+        default=256,
         ge=1,
         le=4096,
         description="POSTs in flight per worker process (measured: see README, Performance).",

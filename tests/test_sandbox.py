@@ -6,6 +6,7 @@ import socket
 import time
 from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -724,6 +725,23 @@ def test_sandbox_process_reset_returns_to_its_config() -> None:
             headers={"Authorization": "Bearer df_custom"},
         )
         assert response.status_code == 409
+
+
+@pytest.mark.skipif(not Path("/proc/self/limits").exists(), reason="reads /proc/<pid>/limits")
+def test_sandbox_process_lifts_its_open_file_limit_for_many_worker_connections() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # the child inherits it
+    try:
+        with SandboxProcess() as sandbox:
+            limits = Path(f"/proc/{sandbox.pid}/limits").read_text()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    [line] = [line for line in limits.splitlines() if line.startswith("Max open files")]
+    child_soft = line.split()[3]
+    wanted = 65_536 if hard == resource.RLIM_INFINITY else min(hard, 65_536)
+    assert child_soft == str(wanted)
 
 
 # --- the command line -------------------------------------------------------------------

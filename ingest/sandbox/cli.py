@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -196,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    _raise_open_file_limit()
     try:
         return asyncio.run(_serve(config, quiet=args.quiet))
     except OSError as exc:
@@ -203,6 +205,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+OPEN_FILES_WANTED = 65_536
+
+
+def _raise_open_file_limit() -> None:
+    """Lift this process's soft limit on open files toward its hard limit: every worker
+    keeps up to ``INGEST_CONCURRENCY`` (256) connections open, so four workers alone
+    reach the 1,024 that many systems give a process by default."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 async def _serve(config: SandboxConfig, *, quiet: bool) -> int:
