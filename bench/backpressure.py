@@ -14,7 +14,8 @@ for ``--seconds`` from the first delivery:
    bucket one second of L, 429 at once when empty) with 1 and 4 worker processes: the
    delivered rate after convergence against L (target >= 90%), the 429s as a share of all
    POSTs over the whole run, start-up included (target <= 5%), and the seconds from the
-   first delivery until every later second delivers at least 85% of L;
+   first delivery until every later second delivers at least 85% of L, and the 429s as a
+   share of the POSTs from then on ("429s after": holding the limit, without the start);
 3. a latency step, one worker process: 50 ms, then 2 s, then 50 ms again (a third of the
    time each): the requests that timed out (``INGEST_REQUEST_TIMEOUT=5``) and the seconds
    after the step back until a second delivers 90% of the rate before the step.
@@ -71,6 +72,9 @@ class Result:
     throttled_share: float
     posts: int
     converge_s: float | None = None
+    throttled_share_converged: float | None = None
+    """429s / POSTs from ``converge_s`` to the end: the cost of holding the limit, where
+    ``throttled_share`` includes the start (slow start overshooting the bucket's burst)."""
     timeouts: int | None = None
     recover_s: float | None = None
 
@@ -123,6 +127,13 @@ class Samples:
             out.append((t, self.rate_between(t - 1.0, t)))
             t += 1.0
         return out
+
+    def throttled_share_after(self, start: float) -> float | None:
+        """429s / POSTs from ``start`` s to the end (None: too little left to tell)."""
+        after = [r for r in self.rows if r[0] >= start]
+        if len(after) < 2 or after[-1][3] <= after[0][3]:
+            return None
+        return (after[-1][2] - after[0][2]) / (after[-1][3] - after[0][3])
 
     @property
     def throttled(self) -> int:
@@ -245,6 +256,7 @@ def token_bucket(
                 prefill=max(3000, int(limit * 3)),
             )
             rate = samples.rate_between(settle, seconds)
+            converge = converged_after(samples, 0.85 * limit)
             results.append(
                 Result(
                     scenario=f"token bucket L={limit}/s",
@@ -255,7 +267,10 @@ def token_bucket(
                     ratio_of="L",
                     throttled_share=samples.throttled / max(1, samples.posts),
                     posts=samples.posts,
-                    converge_s=converged_after(samples, 0.85 * limit),
+                    converge_s=converge,
+                    throttled_share_converged=(
+                        None if converge is None else samples.throttled_share_after(converge)
+                    ),
                 )
             )
     return results
@@ -304,6 +319,7 @@ def table(results: Sequence[Result], load: tuple[str, str]) -> Table:
         "ratio",
         "429s / POSTs",
         "converge s",
+        "429s after",
         "timeouts",
         "recover s",
     ):
@@ -317,6 +333,7 @@ def table(results: Sequence[Result], load: tuple[str, str]) -> Table:
             "-" if r.ratio is None else f"{r.ratio:.0%} of {r.ratio_of}",
             f"{r.throttled_share:.1%} of {r.posts:,}",
             "-" if r.converge_s is None else f"{r.converge_s:.0f}",
+            "-" if r.throttled_share_converged is None else f"{r.throttled_share_converged:.1%}",
             "-" if r.timeouts is None else str(r.timeouts),
             "-" if r.recover_s is None else f"{r.recover_s:.0f}",
         )
