@@ -1,6 +1,7 @@
 """Where one worker process's CPU goes while draining at 50 ms: a py-spy profile as text.
 
     python bench/profile_worker.py [--events 10000] [--tree DIR] [--out FILE] [--top 25]
+                                   [--env INGEST_NAME=VALUE ...]
 
 Runs ``python -m ingest worker --burst`` of the checkout at ``--tree`` (default: this one)
 under ``py-spy record`` on a filled queue and prints where the samples fell: by package and
@@ -120,9 +121,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", type=Path, default=None, help="also write the summary here")
     parser.add_argument("--raw", type=Path, default=None, help="keep py-spy's stacks here")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an INGEST_* setting for the worker (repeatable), e.g. INGEST_CONCURRENCY=128",
+    )
     args = parser.parse_args(argv)
+    settings = dict(item.split("=", 1) for item in args.env)
     with BenchEnv(latency_ms=args.latency_ms) as env:
-        progress(f"profiling {args.tree} ({os.cpu_count()} cores)")
+        env.worker_settings.update(settings)
+        progress(f"profiling {args.tree} {settings or ''} ({os.cpu_count()} cores)")
         raw = profile(env, args.tree.resolve(), args.events, args.rate)
     if args.raw:
         args.raw.write_text(raw)
