@@ -86,7 +86,11 @@ def create_app(
     app.state.console = console
     app.state.clock = clock
     sessions = Sessions(
-        conn, settings.queue, lifetime=settings.console_session_lifetime, clock=clock
+        conn,
+        settings.queue,
+        lifetime=settings.console_session_lifetime,
+        token=options.token_value,
+        clock=clock,
     )
     app.state.sessions = sessions
     app.add_middleware(

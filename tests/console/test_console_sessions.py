@@ -75,6 +75,23 @@ async def test_a_session_cookie_stops_working_at_logout(make_console: Any) -> No
     assert after.status_code == 401
 
 
+async def test_rotating_the_token_ends_the_sessions_signed_in_with_the_old_one(
+    make_console: Any,
+) -> None:
+    async with make_console(TOKEN_OPTIONS) as console:
+        cookie = session_cookie(await log_in(console.http))
+        before = await console.http.get("/api/overview")
+    kept = {"Cookie": f"ingest_console_session={cookie}"}
+    rotated = ConsoleOptions(token=SecretStr("rotated-" + TOKEN))
+    async with make_console(rotated) as restarted:
+        after = await restarted.http.get("/api/overview", headers=kept)
+    async with make_console(TOKEN_OPTIONS) as same_token:
+        unchanged = await same_token.http.get("/api/overview", headers=kept)
+    assert before.status_code == 200
+    assert after.status_code == 401
+    assert unchanged.status_code == 200  # a restart with the same token keeps sessions
+
+
 async def test_a_session_ends_after_its_lifetime(make_console: Any, settings: Settings) -> None:
     short = settings.with_overrides(console_session_lifetime=1)
     async with make_console(TOKEN_OPTIONS, app_settings=short) as console:
