@@ -247,6 +247,34 @@ def test_a_hold_cuts_though_its_window_did_not_use_the_rate() -> None:
     assert decision.hold_until == NOW + 1
 
 
+def test_probing_doubles_its_step_for_each_window_in_a_row_without_a_cut() -> None:
+    rate, state, steps = 100.0, LIMITED, []
+    for _ in range(6):
+        decision = decide(rate, window(round(rate)), state, now=NOW, config=CONFIG)
+        steps.append(round((decision.rate - rate) / rate, 4))
+        rate, state = decision.rate, decision.state
+    assert steps == [0.01, 0.02, 0.04, 0.08, 0.08, 0.08]
+
+
+def test_a_cut_ends_the_doubling_of_the_probe() -> None:
+    probing = LearnerState(slow_start=False, limit=100.0, probed=3)
+    cut = decide(110.0, limited(110.0, 100.0), probing, now=NOW, config=CONFIG)
+    assert cut.reason == "cut"
+    assert cut.state.probed == 0
+
+
+def test_a_limit_found_too_low_is_left_within_ten_windows() -> None:
+    # A hold's short window guessed 1,340/s where the API allows 2,000/s (four workers at
+    # 256 in flight): at 1% a window the rate took the rest of a 30 s run to get there.
+    rate, state = 1273.0, LearnerState(slow_start=False, limit=1340.0)
+    rates = []
+    for _ in range(10):
+        decision = decide(rate, limited(rate, 2000.0), state, now=NOW, config=CONFIG)
+        rate, state = decision.rate, decision.state
+        rates.append(rate)
+    assert max(rates) >= 0.9 * 2000.0
+
+
 def test_429s_that_a_cut_reduces_are_a_real_limit_and_cut_again() -> None:
     first = decide(1000.0, window(800, 200), RUNNING, now=NOW, config=CONFIG)
     second = decide(first.rate, window(720, 40), first.state, now=NOW, config=CONFIG)
