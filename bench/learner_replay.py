@@ -6,7 +6,8 @@ No Redis, no processes: one credential, permits granted evenly at the learned ra
 API a token bucket holding one second of L (the sandbox's ``--rate-limit``), a 200 answered
 ``--rtt`` seconds after its permit and a 429 at once (5 ms). Windows close as ``ACQUIRE``
 closes them (a minimum of 0.25 s while starting and 1 s after, 50 answers; at once when at
-least 50 answers are 429 and most are), an answer counts only in its permit's window, and
+least 50 answers are 429 and they are most of all, or as many as the 200s since the first
+429), an answer counts only in its permit's window, and
 :func:`ingest.ratelearner.decide` sets the next rate and hold. Prints, per limit, the 429s
 as a share of all POSTs and what was delivered after the first 5 s as a share of L:
 the figures of ``bench/backpressure.py``'s token-bucket rows, in a second instead of
@@ -52,6 +53,7 @@ def replay(
     now, rate, state, hold_until = 0.0, start_rate, LearnerState(), 0.0
     tokens, owed = limit, 0.0
     opened, ok, throttled, granted, tag = 0.0, 0, 0, 0, 0
+    ok_at_first_429: int | None = None
     in_flight: list[tuple[float, bool, int]] = []  # (answered at, a 200?, window tag)
     sent = refused = 0
     delivered_at: list[float] = []
@@ -74,11 +76,17 @@ def replay(
         while in_flight and in_flight[0][0] <= now:
             _, accepted, answer_tag = heapq.heappop(in_flight)
             if answer_tag == tag:  # late answers count nowhere, as in ACQUIRE
+                if not accepted and ok_at_first_429 is None:
+                    ok_at_first_429 = ok
                 ok += accepted
                 throttled += not accepted
         elapsed, answered = now - opened, ok + throttled
         shortest = 0.25 if state.slow_start or state.slow_before else 1.0
-        exhausted = throttled >= WINDOW_ANSWERS and 2 * throttled >= answered
+        since_first_429 = ok - (ok if ok_at_first_429 is None else ok_at_first_429)
+        exhausted = throttled >= WINDOW_ANSWERS and (
+            2 * throttled >= answered
+            or (ok_at_first_429 is not None and throttled >= since_first_429)
+        )
         if (elapsed >= shortest and (answered >= WINDOW_ANSWERS or elapsed >= 5.0)) or exhausted:
             window = AnswerWindow(
                 seconds=elapsed,
@@ -98,6 +106,7 @@ def replay(
             rate, state = decision.rate, decision.state
             hold_until = max(hold_until, decision.hold_until)
             opened, ok, throttled, granted, tag = now, 0, 0, 0, tag + 1
+            ok_at_first_429 = None
     after = sum(1 for t in delivered_at if t >= 5.0)
     return refused / max(1, sent), after / (seconds - 5.0) / limit
 

@@ -158,6 +158,42 @@ def test_a_window_closes_at_once_when_most_of_its_answers_are_429(
     assert exhausted.window.seconds == pytest.approx(0.1)
 
 
+def test_a_window_closes_at_once_when_429s_outnumber_the_200s_since_its_first_429(
+    redis_client: redis.Redis, limiter: SendRate
+) -> None:
+    # A window that began on a refilled bucket: its first answers are all 200, so "most
+    # of all its answers" came 0.8 s and hundreds of 429s after the bucket ran dry.
+    limiter.acquire(redis_client, 0, now=NOW, answers=Answers(ok=30))
+    limiter.acquire(redis_client, 0, now=NOW + 0.05, answers=Answers(ok=2, throttled=4))
+    assert limiter.acquire(redis_client, 0, now=NOW + 0.06).window is None  # 4 429s: few
+    dry = limiter.acquire(redis_client, 0, now=NOW + 0.07, answers=Answers(ok=2, throttled=6))
+    assert dry.window is not None
+    assert (dry.window.ok, dry.window.throttled) == (34, 10)
+    assert dry.window.seconds == pytest.approx(0.07)
+
+
+def test_a_window_of_sporadic_429s_among_200s_stays_open(
+    redis_client: redis.Redis, limiter: SendRate
+) -> None:
+    for i in range(20):
+        answered = limiter.acquire(
+            redis_client, 0, now=NOW + i * 0.01, answers=Answers(ok=9, throttled=1)
+        )
+        assert answered.window is None
+
+
+def test_the_next_window_starts_with_no_429_seen(
+    redis_client: redis.Redis, limiter: SendRate
+) -> None:
+    limiter.acquire(redis_client, 0, now=NOW, answers=Answers(ok=40))
+    limiter.acquire(redis_client, 0, now=NOW + 0.1, answers=Answers(throttled=1))
+    assert limiter.acquire(redis_client, 0, now=NOW + 1.1).window is not None
+    # Had the first window's first 429 (after 40 200s) been kept, these 10 429s would
+    # outnumber the 200s "since" it and close this window at once.
+    mixed = limiter.acquire(redis_client, 0, now=NOW + 1.2, answers=Answers(ok=30, throttled=10))
+    assert mixed.window is None
+
+
 def test_a_stored_window_minimum_closes_the_next_windows_sooner(
     redis_client: redis.Redis, limiter: SendRate
 ) -> None:
