@@ -6,8 +6,8 @@ No Redis, no processes: one credential, permits granted evenly at the learned ra
 API a token bucket holding one second of L (the sandbox's ``--rate-limit``), a 200 answered
 ``--rtt`` seconds after its permit and a 429 at once (5 ms). Windows close as ``ACQUIRE``
 closes them (a minimum of 0.25 s while starting and 1 s after, 50 answers; at once when at
-least 50 answers are 429 and they are most of all, or as many as the 200s since the first
-429), an answer counts only in its permit's window, and
+least 50 answers are 429 and at least as many as the 200s since the first 429), an answer
+counts only in its permit's window, and
 :func:`ingest.ratelearner.decide` sets the next rate and hold. Prints, per limit, the 429s
 as a share of all POSTs and what was delivered after the first 5 s as a share of L:
 the figures of ``bench/backpressure.py``'s token-bucket rows, in a second instead of
@@ -82,10 +82,10 @@ def replay(
                 throttled += not accepted
         elapsed, answered = now - opened, ok + throttled
         shortest = 0.25 if state.slow_start or state.slow_before else 1.0
-        since_first_429 = ok - (ok if ok_at_first_429 is None else ok_at_first_429)
-        exhausted = throttled >= WINDOW_ANSWERS and (
-            2 * throttled >= answered
-            or (ok_at_first_429 is not None and throttled >= since_first_429)
+        exhausted = (
+            throttled >= WINDOW_ANSWERS
+            and ok_at_first_429 is not None
+            and throttled >= ok - ok_at_first_429
         )
         if (elapsed >= shortest and (answered >= WINDOW_ANSWERS or elapsed >= 5.0)) or exhausted:
             window = AnswerWindow(

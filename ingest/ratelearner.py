@@ -246,12 +246,11 @@ def decide(
             slow_start=False, noise=noise, limit=state.limit, probed=state.probed + 1
         )
         return Decision(clamp(rate + max(0.5, growth)), 0.0, probed, "increase")
-    else:
-        # Under a limit found before (a cut went below it), halve the distance back each
-        # window, as BIC-TCP does: 2% a window took 20 s to climb back from a cut of 30%.
-        step = max(1.0, config.increase * rate, (state.limit - rate) / 2)
-        if state.limit > rate:  # up to the limit, then probe past it
-            step = max(min(step, state.limit - rate), config.probe * rate, 0.5)
+    # Under a limit found before (a cut went below it), halve the distance back each
+    # window, as BIC-TCP does: 2% a window took 20 s to climb back from a cut of 30%.
+    step = max(1.0, config.increase * rate, (state.limit - rate) / 2)
+    if state.limit > rate:  # up to the limit, then probe past it
+        step = max(min(step, state.limit - rate), config.probe * rate, 0.5)
     return Decision(clamp(rate + step), 0.0, calm, "increase")
 
 

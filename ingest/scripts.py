@@ -1048,10 +1048,11 @@ async def waiting_async(conn: redis.asyncio.Redis, keys: QueueKeys) -> Waiting:
 #       9 rate before anything was learned  10 bucket size in seconds of the rate
 #       11 12 13 a window closes after at least ARGV[11] s (or the hash's w_min, which the
 #       learner stores: shorter while it starts) once it holds ARGV[12] answers, or after
-#       ARGV[13] s, or at once when ARGV[12] answers are 429 and they are most of all, or
-#       at least as many as the 200s since the window's first 429 (the limit is exhausted:
-#       every moment until the hold is stored sends more requests to be refused; a window
-#       that began on a refilled bucket took 0.8 s and 737 429s to reach "most of all")
+#       ARGV[13] s, or at once when ARGV[12] answers are 429 and at least as many as the
+#       200s since the window's first 429 (w_ok1: the 200s counted before it), which most of
+#       all answers being 429 implies (the limit is exhausted: every moment until the hold
+#       is stored sends more requests to be refused; a window that began on a refilled
+#       bucket took 0.8 s and 737 429s to reach "most of all")
 #       14 credential id  15 seconds the hash lives after its last use
 #       16 the window the answers' permits were taken in, as this script returned it ('':
 #       whichever is open)
@@ -1110,8 +1111,7 @@ local elapsed = now - w_start
 local answered = ok + throttled + other
 if (elapsed >= (tonumber(h[13]) or tonumber(ARGV[11]))
     and (answered >= tonumber(ARGV[12]) or elapsed >= tonumber(ARGV[13])))
-   or (throttled >= tonumber(ARGV[12])
-       and (throttled * 2 >= answered or (ok_first >= 0 and throttled >= ok - ok_first))) then
+   or (throttled >= tonumber(ARGV[12]) and ok_first >= 0 and throttled >= ok - ok_first) then
   window = {tostring(elapsed), ok, throttled, other, taken, tostring(retry_after),
             tostring(header_rate)}
   w_tag, ok, throttled, other, taken, retry_after, header_rate = tostring(now), 0, 0, 0, 0, -1, -1

@@ -23,6 +23,7 @@ from ingest.sandbox import (
     SandboxServer,
     main,
 )
+from ingest.sandbox.cli import OPEN_FILES_WANTED
 
 PAYMENTS = "/api/v1/payments"
 AUTH = {"Authorization": f"Bearer {DEFAULT_WEBSITE_KEY}"}
@@ -740,7 +741,7 @@ def test_sandbox_process_lifts_its_open_file_limit_for_many_worker_connections()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     [line] = [line for line in limits.splitlines() if line.startswith("Max open files")]
     child_soft = line.split()[3]
-    wanted = 65_536 if hard == resource.RLIM_INFINITY else min(hard, 65_536)
+    wanted = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_WANTED)
     assert child_soft == str(wanted)
 
 

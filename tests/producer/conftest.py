@@ -179,20 +179,27 @@ def producer_settings(redis_url: str, spool_dir: Path, **changes: Any) -> Settin
     return Settings(**values)
 
 
-def _wait_for_background_flushes(timeout: float = 10.0) -> None:
-    # A flush thread still running at teardown would leak its socket into a later test.
+def _join_threads(name: str, timeout: float) -> list[threading.Thread]:
+    """Wait up to ``timeout`` s for each of this process's threads called ``name``; the
+    ones still running."""
+    running = []
     for thread in threading.enumerate():
-        if thread.name == "ingest-spool-flush":
+        if thread.name == name:
             thread.join(timeout)
+            if thread.is_alive():
+                running.append(thread)
+    return running
 
 
-def _assert_no_watchdog_left(timeout: float = 2.0) -> None:
+def _wait_for_background_flushes() -> None:
+    # A flush thread still running at teardown would leak its socket into a later test.
+    _join_threads("ingest-spool-flush", 10.0)
+
+
+def _assert_no_watchdog_left() -> None:
     # A watchdog that outlives its producer flushes the spool into whatever server later
     # takes the same port: another test's Redis.
-    for thread in threading.enumerate():
-        if thread.name == "ingest-redis-watchdog":
-            thread.join(timeout)
-            assert not thread.is_alive(), "a closed producer still watches for Redis"
+    assert not _join_threads("ingest-redis-watchdog", 2.0), "a closed producer still watches"
 
 
 MakeProducer = Callable[..., Producer]
