@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import random
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,9 +47,14 @@ def replay(
     step: float = 0.002,
     start_rate: float = 30.0,
     config: LearnerConfig | None = None,
+    jitter: float = 0.0,
+    seed: int = 0,
+    early_429s: int = WINDOW_ANSWERS,
     verbose: bool = False,
 ) -> tuple[float, float]:
-    """(429s / POSTs over the run, delivered after 5 s / L)."""
+    """(429s / POSTs over the run, delivered after 5 s / L); each answer's latency is
+    ``rtt`` times a uniform draw within ``1 +- jitter``."""
+    rng = random.Random(seed)
     config = config or LearnerConfig(ceiling=10_000.0)
     now, rate, state, hold_until = 0.0, start_rate, LearnerState(), 0.0
     tokens, owed = limit, 0.0
@@ -68,11 +74,11 @@ def replay(
                 granted += 1
                 if tokens >= 1:
                     tokens -= 1
-                    heapq.heappush(in_flight, (now + rtt, True, tag))
+                    heapq.heappush(in_flight, (now + rtt * rng.uniform(1 - jitter, 1 + jitter), True, tag))
                     delivered_at.append(now)
                 else:
                     refused += 1
-                    heapq.heappush(in_flight, (now + RTT_429, False, tag))
+                    heapq.heappush(in_flight, (now + rtt * rng.uniform(1 - jitter, 1 + jitter), False, tag))
         while in_flight and in_flight[0][0] <= now:
             _, accepted, answer_tag = heapq.heappop(in_flight)
             if answer_tag == tag:  # late answers count nowhere, as in ACQUIRE
@@ -83,7 +89,7 @@ def replay(
         elapsed, answered = now - opened, ok + throttled
         shortest = 0.25 if state.slow_start or state.slow_before else 1.0
         exhausted = (
-            throttled >= WINDOW_ANSWERS
+            throttled >= early_429s
             and ok_at_first_429 is not None
             and throttled >= ok - ok_at_first_429
         )
@@ -96,6 +102,7 @@ def replay(
                 granted=granted,
                 retry_after=1.0 if throttled else None,
                 header_rate=None,
+                ok_before_429=ok_at_first_429,
             )
             decision = decide(rate, window, state, now=now, config=config)
             if verbose and (decision.rate != rate or decision.hold_until > now):

@@ -96,6 +96,8 @@ class _Credential:
     rate: float = 0.0
     hold_until: float = 0.0
     next_permit: float = 0.0  # unix time the next permit is due
+    unused: int = 0
+    """Permits taken and not used, to give back with the next call."""
 
 
 class Backpressure:
@@ -170,8 +172,14 @@ class Backpressure:
         if now < credential.next_permit:
             return []  # no permit due yet: answers are reported with the next call
         permits = await credential.limiter.acquire_async(
-            conn, len(credential.waiting), now=now, answers=credential.counts.take()
+            conn,
+            len(credential.waiting),
+            now=now,
+            unused=credential.unused,
+            answers=credential.counts.take(),
         )
+        credential.unused = 0
+        granted = permits.granted
         credential.rate, credential.hold_until = permits.rate, permits.hold_until
         credential.next_permit = now + permits.wait
         if permits.window_start != credential.counts.window:
@@ -202,7 +210,15 @@ class Backpressure:
                     window_sent=permits.window.granted,
                 )
             credential.rate = decision.rate
-        ready = [credential.waiting.popleft() for _ in range(permits.granted)]
+            if decision.hold_until > now:
+                # The limit is exhausted: the permits this call took (at the rate before)
+                # would go into an empty bucket, and their 429s, answered after the hold,
+                # made the window after it hold again, at half the rate (L=500: 135 429s
+                # and a second lost at the start). They go back with the next call.
+                credential.unused, granted = granted, 0
+                credential.hold_until = max(credential.hold_until, decision.hold_until)
+                credential.next_permit = max(credential.next_permit, decision.hold_until)
+        ready = [credential.waiting.popleft() for _ in range(granted)]
         for event in ready:
             self._permit_window[event.job_id] = permits.window_start
         return ready

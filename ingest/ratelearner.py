@@ -81,6 +81,9 @@ class LearnerConfig:
     kept four workers at 58-80% of the limit for the rest of a 30 s run."""
     utilized: float = 0.8
     """A window used its rate when it took at least this share of its permits."""
+    answered: float = 0.5
+    """A window whose answers reached this share of its permits is judged on its 429s
+    since the first (see :func:`decide`)."""
     header_margin: float = 0.02
     confidence: float = 3.0
     """Standard errors by which a share of 429s must exceed the tolerated share to cut. At
@@ -116,6 +119,9 @@ class LearnerState:
     it, the rate rises by ``probe`` and any 429s beyond the tolerated share cut it."""
     probed: int = 0
     """Windows in a row that probed at or over ``limit`` (none cut or held since)."""
+    cut_probing: bool = False
+    """Whether the previous window's cut was of a rate at or over the limit found: the
+    window after it is never taken for noise (see :func:`decide`)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -134,7 +140,9 @@ class LearnerState:
                 cut_from=float(fields["cut_from"]),
                 slow_before=bool(fields["slow_before"]),
                 limit=float(fields["limit"]),
-                probed=int(fields.get("probed", 0)),  # absent from states stored before it
+                # absent from states stored before them:
+                probed=int(fields.get("probed", 0)),
+                cut_probing=bool(fields.get("cut_probing", False)),
             )
         except (ValueError, TypeError, KeyError):
             return cls()
@@ -165,11 +173,22 @@ def decide(
 
     answered = window.ok + window.throttled
     share = window.throttled / answered if answered else 0.0
+    # The share since the window's first 429: once a token bucket is empty it refuses
+    # what is sent over its rate, while the window's earlier 200s spent the tokens it had
+    # left (a window that overshot 50/s at 240/s answered 18 200s to 35 429s: 80/s accepted
+    # by the whole window's share). Judged on at least ``min_answers``, in a window whose
+    # permits are mostly answered; else the window's share. A short window holds only its
+    # first answers, and from several workers, each reporting a batch at a time, those
+    # are no order to count "since" in: 4 workers at 7,680/s against 2,000 answered 56 of
+    # 930 permits, 25 200s before the first 429, and a limit of 350/s was taken from them.
+    since = answered - (window.ok_before_429 or 0)
+    answered_enough = since >= config.min_answers and answered >= config.answered * window.granted
+    recent = window.throttled / since if answered_enough else share
     # What the API accepted: the permits taken less the share refused. Answers reach the
     # window a little after their permits were taken, so the share is the steadier figure
     # (both its parts lag alike) where a count of answers would swing with the lag.
     seconds = max(window.seconds, 1e-3)
-    accepted = max(window.granted, answered) * (1 - share) / seconds
+    accepted = max(window.granted, answered) * (1 - recent) / seconds
     used = window.granted >= config.utilized * rate * window.seconds
     # Where a limit lies: what a window that used its rate got accepted, or the window that
     # ended slow start (an overestimate: the doubling runs through a token bucket's burst
@@ -196,7 +215,7 @@ def decide(
         running = LearnerState(slow_start=False, noise=state.noise)
         target = clamp(window.header_rate * (1 - config.header_margin))
         return Decision(target, _hold(window, share, now, config), running, "header")
-    if answered and share >= config.hold_share:
+    if answered and max(share, recent) >= config.hold_share:
         held = LearnerState(slow_start=False, noise=state.noise, limit=found)
         # Exhausted: cut deeper than for a share of 429s, but never to nothing at once; a
         # window whose events mostly wait for their retries accepted little either way.
@@ -208,11 +227,20 @@ def decide(
     if answered < config.min_answers:
         return Decision(rate, 0.0, state, "keep")
     noise = state.noise
+    still_over = False
     if state.cut_from:
         # The window after a cut: a real limit answers fewer 429s at a lower rate.
-        if config.tolerated_share < share <= config.max_noise and _not_lower(
+        not_lower = config.tolerated_share < share and _not_lower(
             share, state.last_share, answered
-        ):
+        )
+        # After a cut of a rate at or over the limit found, 429s that did not fall are that
+        # limit still: the cut left the rate over it (its window spent the tokens left in
+        # the bucket first, which made the API look more generous), and the bucket is now
+        # empty. Taken for noise, the cut was undone and 8% of 429s tolerated from then on.
+        # Unless this credential's 429s were found to be noise before: cut after cut, its
+        # sporadic 429s took a tenth of the rate.
+        still_over = state.cut_probing and not_lower and not state.noise
+        if not_lower and not still_over and share <= config.max_noise:
             # The share of 429s did not fall: they are not about our rate. Tolerate them
             # from now on, and undo the cut (resuming slow start if it ended it).
             noisy = LearnerState(slow_start=state.slow_before, noise=share)
@@ -221,8 +249,9 @@ def decide(
         noise = min(noise, share)
         state = LearnerState(slow_start=state.slow_start, noise=noise, limit=state.limit)
     probing = 0 < state.limit <= rate
+    strict = probing or still_over
     tolerated = config.tolerated_share + noise
-    if share > (tolerated if probing else _threshold(tolerated, answered, config.confidence)):
+    if share > (tolerated if strict else _threshold(tolerated, answered, config.confidence)):
         cut = LearnerState(
             slow_start=False,
             noise=noise,
@@ -230,6 +259,7 @@ def decide(
             cut_from=rate,
             slow_before=state.slow_start,
             limit=found,
+            cut_probing=strict,
         )
         return Decision(cut_rate(0.0 if used else config.deepest_cut), 0.0, cut, "cut")
     if share < noise:

@@ -1059,7 +1059,8 @@ async def waiting_async(conn: redis.asyncio.Redis, keys: QueueKeys) -> Waiting:
 # Returns {granted, wait, rate, hold_until, learner, window, w_start}: wait is the seconds
 # until the next permit (or the hold's end), learner the JSON the learner stored (or false),
 # window, only for the one caller that closed it, {seconds, ok, 429, other, granted,
-# retry_after, header_rate}, else {}, and w_start the window this call's permits count in.
+# retry_after, header_rate, ok_first}, else {}, and w_start the window this call's permits
+# count in.
 # Fractions travel as strings (Lua numbers returned to Redis are cut to integers).
 # A window holds the answers to its own permits only: answers that arrive after their
 # window closed (their requests' latency, or a worker that waited out a hold before it
@@ -1113,7 +1114,7 @@ if (elapsed >= (tonumber(h[13]) or tonumber(ARGV[11]))
     and (answered >= tonumber(ARGV[12]) or elapsed >= tonumber(ARGV[13])))
    or (throttled >= tonumber(ARGV[12]) and ok_first >= 0 and throttled >= ok - ok_first) then
   window = {tostring(elapsed), ok, throttled, other, taken, tostring(retry_after),
-            tostring(header_rate)}
+            tostring(header_rate), ok_first}
   w_tag, ok, throttled, other, taken, retry_after, header_rate = tostring(now), 0, 0, 0, 0, -1, -1
   ok_first = -1
 end
@@ -1167,6 +1168,10 @@ class AnswerWindow:
     """Permits taken in the window (what the fleet sent, give or take requests in flight)."""
     retry_after: float | None
     header_rate: float | None
+    ok_before_429: int | None = None
+    """The ``ok`` answers counted before the window's first 429 (None: no 429). The answers
+    since then tell what the API accepts once its bucket is empty; the whole window's share
+    of 429s is diluted by the 200s it answered before, from tokens the bucket had left."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1207,7 +1212,7 @@ def _permits(reply: list[Any]) -> Permits:
     granted, wait, rate, hold, learner, window, window_start = reply
     closed = None
     if window:
-        seconds, ok, throttled, other, taken, retry_after, header_rate = window
+        seconds, ok, throttled, other, taken, retry_after, header_rate, ok_first = window
         closed = AnswerWindow(
             seconds=float(seconds),
             ok=int(ok),
@@ -1216,6 +1221,7 @@ def _permits(reply: list[Any]) -> Permits:
             granted=int(taken),
             retry_after=_optional(text(retry_after)),
             header_rate=_optional(text(header_rate)),
+            ok_before_429=None if int(ok_first) < 0 else int(ok_first),
         )
     return Permits(
         granted=int(granted),

@@ -185,3 +185,39 @@ def test_answers_to_permits_of_a_window_closed_since_are_not_reported(redis_url:
         return int(ok or 0), int(throttled or 0)
 
     assert run_on(redis_url, scenario) == (1, 0)
+
+
+def test_the_worker_whose_answers_decide_a_hold_sends_nothing_until_it_ends(
+    redis_url: str,
+) -> None:
+    """The call that closes a window takes permits at the rate before the decision. Sent
+    into the empty bucket of a hold, their 429s, answered after it, made the window after
+    the hold hold again at half the rate (L=500: 135 429s and a second lost at the start)."""
+    settings = Settings(
+        redis_url=redis_url, api_key=SecretStr("df_hold_test"), send_rate_initial=1000
+    )
+    queue = QueueKeys(settings.queue)
+    clock = [1_800_000_000.0]
+    backpressure = Backpressure(settings, queue, clock=lambda: clock[0])
+    events = [Claimed(f"job-{i}", "{}", "-", 0, [], "{}", None) for i in range(60)]
+    too_many = Outcome(Verdict.TRANSIENT, 429, "slow down", retry_after=1.0)
+    hash_key = keys.send_rate(credential_id("df_hold_test", None))
+
+    async def scenario(conn: redis.asyncio.Redis) -> tuple[int, int, float, int, int]:
+        sent = await backpressure.admit(conn, events[:50])
+        for event in sent:
+            backpressure.report(event, too_many, 0.05, in_flight=0)
+        clock[0] += 0.3
+        during = await backpressure.admit(conn, events[50:])  # its 429s close the window
+        held = float(await conn.hget(hash_key, "hold_until") or 0) - clock[0]
+        clock[0] += held + 0.01
+        after = await backpressure.admit(conn, [])
+        taken = int(await conn.hget(hash_key, "w_granted") or 0)
+        return len(sent), len(during), held, len(after), taken
+
+    sent, during, held, after, taken = run_on(redis_url, scenario)
+    assert sent == 50
+    assert held == pytest.approx(1.0)
+    assert during == 0
+    assert after == 10
+    assert taken == 10  # the permits given back are not counted as sent

@@ -25,6 +25,7 @@ def window(
     retry_after: float | None = None,
     header_rate: float | None = None,
     other: int = 0,
+    ok_before_429: int | None = None,
 ) -> AnswerWindow:
     return AnswerWindow(
         seconds=seconds,
@@ -34,6 +35,7 @@ def window(
         granted=ok + throttled + other if granted is None else granted,
         retry_after=retry_after,
         header_rate=header_rate,
+        ok_before_429=ok_before_429,
     )
 
 
@@ -245,6 +247,55 @@ def test_a_hold_cuts_though_its_window_did_not_use_the_rate() -> None:
     assert decision.reason == "hold"
     assert decision.rate == 382.0
     assert decision.hold_until == NOW + 1
+
+
+def test_a_window_that_spent_the_buckets_last_tokens_first_is_judged_on_its_answers_since() -> None:
+    # Slow start at 240/s against a limit of 50 (bench/backpressure.py): the window's first
+    # 9 200s spent what the bucket had left. By the whole window's share the API accepted
+    # 82/s, and the rate resumed there after the hold, 60% over the limit.
+    overshot = window(18, 35, seconds=0.26, granted=63, retry_after=1, ok_before_429=9)
+    decision = decide(240.0, overshot, LearnerState(), now=NOW, config=CONFIG)
+    assert decision.reason == "hold"
+    accepted = 63 * (9 / 44) / 0.26  # 49.6/s: 9 200s to 35 429s since the first 429
+    assert decision.state.limit == pytest.approx(accepted)
+    assert decision.rate == pytest.approx(accepted * 0.95)
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        pytest.param(
+            window(28, 28, seconds=0.26, granted=930, ok_before_429=25),
+            id="few of its permits answered",
+        ),
+        pytest.param(
+            window(40, 10, seconds=0.26, granted=60, ok_before_429=35),
+            id="few answers since its first 429",
+        ),
+    ],
+)
+def test_a_window_thin_since_its_first_429_is_judged_on_its_whole_share(
+    answers: AnswerWindow,
+) -> None:
+    # Four workers at 7,680/s against 2,000 had answered 56 of 930 permits, each worker's
+    # batch reported at once: no order to count "since" in. Taken as one, it made a limit
+    # of 350/s.
+    decision = decide(7680.0, answers, LearnerState(), now=NOW, config=CONFIG)
+    share = answers.throttled / (answers.ok + answers.throttled)
+    assert decision.state.limit == pytest.approx(answers.granted * (1 - share) / answers.seconds)
+
+
+def test_429s_after_a_cut_at_or_over_the_limit_found_are_the_limit_not_noise() -> None:
+    # A probe past the limit, cut to 95% of a window that spent the bucket's last tokens
+    # first: still over the limit, the next window answered a few more 429s. Taken for
+    # noise, the cut was undone and the rate rose on, tolerating 8% of 429s.
+    at_limit = LearnerState(slow_start=False, limit=50.0)
+    probe_cut = decide(60.0, window(54, 3, granted=60), at_limit, now=NOW, config=CONFIG)
+    assert probe_cut.reason == "cut"
+    again = decide(probe_cut.rate, window(47, 4), probe_cut.state, now=NOW, config=CONFIG)
+    assert again.reason == "cut"
+    assert again.rate < probe_cut.rate
+    assert again.state.noise == 0.0
 
 
 def test_probing_doubles_its_step_for_each_window_in_a_row_without_a_cut() -> None:

@@ -172,6 +172,28 @@ def test_a_window_closes_at_once_when_429s_outnumber_the_200s_since_its_first_42
     assert dry.window.seconds == pytest.approx(0.07)
 
 
+def test_a_closed_window_tells_the_200s_it_counted_before_its_first_429(
+    redis_client: redis.Redis, limiter: SendRate
+) -> None:
+    # Those 200s spent what the bucket had left; the answers since tell what the API
+    # accepts once it is empty (ingest.ratelearner).
+    limiter.acquire(redis_client, 0, now=NOW, answers=Answers(ok=30))
+    limiter.acquire(redis_client, 0, now=NOW + 0.5, answers=Answers(ok=5, throttled=2))
+    limiter.acquire(redis_client, 0, now=NOW + 0.7, answers=Answers(ok=20, throttled=3))
+    closed = limiter.acquire(redis_client, 0, now=NOW + 1.0).window
+    assert closed is not None
+    assert (closed.ok, closed.throttled, closed.ok_before_429) == (55, 5, 30)
+
+
+def test_a_closed_window_without_a_429_tells_no_200s_before_one(
+    redis_client: redis.Redis, limiter: SendRate
+) -> None:
+    limiter.acquire(redis_client, 0, now=NOW, answers=Answers(ok=30))
+    closed = limiter.acquire(redis_client, 0, now=NOW + 1.0).window
+    assert closed is not None
+    assert closed.ok_before_429 is None
+
+
 def test_a_window_of_sporadic_429s_among_200s_stays_open(
     redis_client: redis.Redis, limiter: SendRate
 ) -> None:
