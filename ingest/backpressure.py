@@ -38,9 +38,11 @@ _log = get_logger(__name__)
 BUCKET_SECONDS = 0.05
 """A credential's bucket holds this many seconds of its rate: the largest burst."""
 WINDOW_MIN, WINDOW_ANSWERS, WINDOW_MAX = 1.0, 50, 5.0
-"""A window of answers closes after WINDOW_MIN s once it holds WINDOW_ANSWERS, or at
-WINDOW_MAX s: long enough that the answers lagging behind their permits (a request's
-latency, and the worker's next call) are a small part of it."""
+"""A window of answers closes after WINDOW_MIN s once it holds WINDOW_ANSWERS, answers to
+half its permits among them, or at WINDOW_MAX s: long enough that the answers lagging
+behind their permits (a request's latency, and the worker's next call) are a small part
+of it. A window that exhausted the limit closes once 90% of its permits are answered, or
+its hold ends (see ``ACQUIRE``)."""
 STARTING_WINDOW_MIN = 0.25
 """The same minimum while the rate is still doubling (slow start) and for the window after
 it, as TCP doubles per round trip: from 30/s to 2,000/s in about 4 s rather than 12, and a
@@ -169,11 +171,16 @@ class Backpressure:
 
     async def _acquire(self, conn: redis.asyncio.Redis, credential: _Credential) -> list[Claimed]:
         now = self._clock()
+        wanted = len(credential.waiting)
         if now < credential.next_permit:
-            return []  # no permit due yet: answers are reported with the next call
+            if not (credential.hold_until > now and credential.counts.any):
+                return []  # no permit due yet: answers are reported with the next call
+            # Held: report now, for the window that holds it waits for its answers to
+            # decide the rate to resume at (see ACQUIRE).
+            wanted = 0
         permits = await credential.limiter.acquire_async(
             conn,
-            len(credential.waiting),
+            wanted,
             now=now,
             unused=credential.unused,
             answers=credential.counts.take(),

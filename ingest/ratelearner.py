@@ -6,8 +6,9 @@ the order :func:`decide` applies them:
 
 1. ``RateLimit`` fields: when the API says what it allows, that is the rate (a little
    under it), and learning is over.
-2. Most answers are 429 (``hold_share``): the limit is exhausted, so the whole credential
-   is held for the ``Retry-After`` (capped) and the rate cut toward what was accepted.
+2. Two in three answers are 429 (``hold_share``), or ``ACQUIRE`` found the limit
+   exhausted and held the credential already: the whole credential is held for the
+   ``Retry-After`` (capped) and the rate cut toward what was accepted.
    One sporadic 429 never holds anything: its own event waits its ``Retry-After`` in the
    retry schedule, and that is all.
 3. The window after a cut tells a limit from noise: a real limit answers fewer 429s at a
@@ -18,8 +19,10 @@ the order :func:`decide` applies them:
    the rate.
 4. The share of 429s is clearly (by ``confidence`` standard errors) above
    ``tolerated_share`` plus the noise, or at all above it at or over the rate a limit was
-   last found at: cut to a little under the rate the API accepted in the window. By 30% at
-   most once started, if the window did not use its rate; with no such floor for one that
+   last found at, or after a cut of such a rate that did not reduce it: cut to a little
+   under the rate the API accepted in the window, judged on the answers since its first
+   429 (the 200s before it spent what the API's bucket had left). By 30% at most once
+   started, if the window did not use its rate; with no such floor for one that
    did, for the window that ends slow start, or for one whose 429s a cut did not reduce, so
    that start-up overshoots the limit for a window or two, not more. What a window that
    used its rate accepted, or the window that ended slow start, is where the limit lies;
@@ -43,11 +46,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from .scripts import AnswerWindow
-
-MAX_HOLD = 30.0
-"""Seconds: the longest a ``Retry-After`` may hold a whole credential (its own event waits
-the full time in the retry schedule)."""
+from .scripts import MAX_HOLD, AnswerWindow
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +54,9 @@ class LearnerConfig:
     floor: float = 1.0
     ceiling: float = 10_000.0
     tolerated_share: float = 0.02
-    hold_share: float = 0.5
+    hold_share: float = 2 / 3
+    """The share of 429s (of the window, or since its first 429) that holds: twice the
+    200s, as ``ACQUIRE``'s own hold."""
     cut_margin: float = 0.05
     """A cut goes to this much under the accepted rate..."""
     deepest_cut: float = 0.7
@@ -120,8 +121,9 @@ class LearnerState:
     probed: int = 0
     """Windows in a row that probed at or over ``limit`` (none cut or held since)."""
     cut_probing: bool = False
-    """Whether the previous window's cut was of a rate at or over the limit found: the
-    window after it is never taken for noise (see :func:`decide`)."""
+    """Whether the previous window's cut was of a rate at or over the limit found: 429s
+    after it that did not fall are taken for that limit, not for noise, unless noise was
+    found before (see :func:`decide`)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -176,11 +178,12 @@ def decide(
     # The share since the window's first 429: once a token bucket is empty it refuses
     # what is sent over its rate, while the window's earlier 200s spent the tokens it had
     # left (a window that overshot 50/s at 240/s answered 18 200s to 35 429s: 80/s accepted
-    # by the whole window's share). Judged on at least ``min_answers``, in a window whose
-    # permits are mostly answered; else the window's share. A short window holds only its
-    # first answers, and from several workers, each reporting a batch at a time, those
-    # are no order to count "since" in: 4 workers at 7,680/s against 2,000 answered 56 of
-    # 930 permits, 25 200s before the first 429, and a limit of 350/s was taken from them.
+    # by the whole window's share). Judged on at least ``min_answers``, in a window with
+    # half its permits answered (as ACQUIRE closes them, but at their longest or at the end
+    # of a hold); else the window's share. The first answers of several workers, each
+    # reporting a batch at a time, are no order to count "since" in: 4 workers at 7,680/s
+    # against 2,000 had answered 56 of 930 permits, and a limit of 350/s was taken from
+    # their 25 200s before the first 429.
     since = answered - (window.ok_before_429 or 0)
     answered_enough = since >= config.min_answers and answered >= config.answered * window.granted
     recent = window.throttled / since if answered_enough else share
@@ -215,14 +218,15 @@ def decide(
         running = LearnerState(slow_start=False, noise=state.noise)
         target = clamp(window.header_rate * (1 - config.header_margin))
         return Decision(target, _hold(window, share, now, config), running, "header")
-    if answered and max(share, recent) >= config.hold_share:
+    exhausted = max(share, recent)
+    if window.held or (answered and exhausted >= config.hold_share):
         held = LearnerState(slow_start=False, noise=state.noise, limit=found)
         # Exhausted: cut deeper than for a share of 429s, but never to nothing at once; a
         # window whose events mostly wait for their retries accepted little either way.
         # Every hold cuts: a window after a hold spans the hold, so it never looks used, and
         # keeping the rate there resumed at it, held again and again (4% of L=500).
         return Decision(
-            cut_rate(config.deepest_hold_cut), _hold(window, share, now, config), held, "hold"
+            cut_rate(config.deepest_hold_cut), _hold(window, exhausted, now, config), held, "hold"
         )
     if answered < config.min_answers:
         return Decision(rate, 0.0, state, "keep")
@@ -230,9 +234,7 @@ def decide(
     still_over = False
     if state.cut_from:
         # The window after a cut: a real limit answers fewer 429s at a lower rate.
-        not_lower = config.tolerated_share < share and _not_lower(
-            share, state.last_share, answered
-        )
+        not_lower = config.tolerated_share < share and _not_lower(share, state.last_share, answered)
         # After a cut of a rate at or over the limit found, 429s that did not fall are that
         # limit still: the cut left the rate over it (its window spent the tokens left in
         # the bucket first, which made the API look more generous), and the bucket is now
@@ -300,8 +302,8 @@ def _threshold(tolerated: float, answered: int, confidence: float) -> float:
 
 
 def _hold(window: AnswerWindow, share: float, now: float, config: LearnerConfig) -> float:
-    if not window.throttled or share < config.hold_share:
-        return 0.0
+    if window.held or not window.throttled or share < config.hold_share:
+        return 0.0  # ACQUIRE held it as the 429s came, or nothing to hold
     wait = 1.0 if window.retry_after is None else window.retry_after
     return now + min(wait, config.max_hold)
 

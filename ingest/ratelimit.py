@@ -39,7 +39,6 @@ class SendRate:
         self.queue = queue
         self.credential = credential
         self.shape = shape
-        self._key = keys.send_rate(credential)
 
     def acquire(
         self,
@@ -84,12 +83,6 @@ class SendRate:
             answers=answers,
         )
 
-    @staticmethod
-    def _more_fields(hold_until: float, learner: str, window_min: float | None) -> list[str]:
-        # After "rate", which goes as HSET's own key and value.
-        fields = ["hold_until", repr(hold_until), "learner", learner]
-        return fields if window_min is None else [*fields, "w_min", repr(window_min)]
-
     def store(
         self,
         conn: redis.Redis,
@@ -99,10 +92,16 @@ class SendRate:
         learner: str,
         window_min: float | None = None,
     ) -> None:
-        """Set the learned rate, the hold, the learner's state and (when given) the shortest
-        window from now on (one HSET: atomic)."""
-        more = self._more_fields(hold_until, learner, window_min)
-        conn.hset(self._key, "rate", repr(rate), items=more)
+        """Set the learned rate, the hold (never shortened), the learner's state and (when
+        given) the shortest window from now on, atomically."""
+        scripts.store_rate(
+            conn,
+            self.credential,
+            rate=rate,
+            hold_until=hold_until,
+            learner=learner,
+            window_min=window_min,
+        )
 
     async def store_async(
         self,
@@ -114,8 +113,14 @@ class SendRate:
         window_min: float | None = None,
     ) -> None:
         """:meth:`store` on an asyncio connection."""
-        more = self._more_fields(hold_until, learner, window_min)
-        await conn.hset(self._key, "rate", repr(rate), items=more)
+        await scripts.store_rate_async(
+            conn,
+            self.credential,
+            rate=rate,
+            hold_until=hold_until,
+            learner=learner,
+            window_min=window_min,
+        )
 
 
 @dataclass(frozen=True, slots=True)

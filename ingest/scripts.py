@@ -1040,27 +1040,44 @@ async def waiting_async(conn: redis.asyncio.Redis, keys: QueueKeys) -> Waiting:
 
 # -- ACQUIRE -------------------------------------------------------------------------------------
 
+MAX_HOLD = 30.0
+"""Seconds: the longest a ``Retry-After`` may hold a whole credential (its own event waits
+the full time in the retry schedule)."""
+
 # Take send permits from one credential's shared token bucket, and report answers to it.
 # KEYS: 1 ingest:send-rate:{credential}  2 ingest:{q}:send-rates
 # ARGV: 1 now (unix)  2 permits wanted  3 permits given back (taken before, never used)
 #       4 answers accepted  5 answers 429  6 other answers  7 largest Retry-After of those
 #       429s (-1: none)  8 rate the answers' RateLimit fields allow (-1: none)
 #       9 rate before anything was learned  10 bucket size in seconds of the rate
-#       11 12 13 a window closes after at least ARGV[11] s (or the hash's w_min, which the
-#       learner stores: shorter while it starts) once it holds ARGV[12] answers, or after
-#       ARGV[13] s, or at once when ARGV[12] answers are 429 and at least as many as the
-#       200s since the window's first 429 (w_ok1: the 200s counted before it), which most of
-#       all answers being 429 implies (the limit is exhausted: every moment until the hold
-#       is stored sends more requests to be refused; a window that began on a refilled
-#       bucket took 0.8 s and 737 429s to reach "most of all")
+#       11 12 13 19 a window closes after at least ARGV[11] s (or the hash's w_min, which
+#       the learner stores: shorter while it starts) once it holds ARGV[12] answers and
+#       answers to ARGV[19] of its permits, or after ARGV[13] s. Judged on its first
+#       answers only, a window flew blind: four workers at 3,840/s had 61 of 909 permits
+#       answered, and the limit taken from them was half the API's; waiting for the
+#       answers paces the learner by the answers' lag, as TCP is paced by its ACKs
 #       14 credential id  15 seconds the hash lives after its last use
 #       16 the window the answers' permits were taken in, as this script returned it ('':
 #       whichever is open)
+#       17 the longest hold, s  18 the share of its permits a held window waits to have
+#       answered  19 (above)  20 429s that can exhaust a window (below)
+# Exhausted: when ARGV[20] of a window's answers are 429, and at least twice as many as the
+# 200s since its first 429 (w_ok1: the 200s counted before it), the limit is exhausted
+# (every moment sends more requests to be refused; "most of all answers are 429" took a
+# window that began on a refilled bucket 0.8 s and 737 429s). Twice: a probe 45% over the
+# limit of four workers on a busy machine answered as many 429s as 200s, and a hold of a
+# second with a cut by half cost more than the 429s it saved. The credential is held at once, for
+# the window's largest Retry-After (1 s without one, ARGV[17] at most), and the window
+# (w_held: when it held) stays open until ARGV[18] of its permits are answered, or the hold
+# ends, its seconds counted to when it held (nothing was sent after): judged
+# when it closed, it held the first answers only (4 workers at 7,680/s: 71 of 912), and the
+# limit taken from them was a quarter of the API's. Permits are granted by neither the call
+# that holds nor the one that closes a held window: those go after the learner's decision.
 # Returns {granted, wait, rate, hold_until, learner, window, w_start}: wait is the seconds
 # until the next permit (or the hold's end), learner the JSON the learner stored (or false),
 # window, only for the one caller that closed it, {seconds, ok, 429, other, granted,
-# retry_after, header_rate, ok_first}, else {}, and w_start the window this call's permits
-# count in.
+# retry_after, header_rate, ok_first, held}, else {}, and w_start the window this call's
+# permits count in.
 # Fractions travel as strings (Lua numbers returned to Redis are cut to integers).
 # A window holds the answers to its own permits only: answers that arrive after their
 # window closed (their requests' latency, or a worker that waited out a hold before it
@@ -1073,26 +1090,14 @@ ACQUIRE = """
 local key, index = KEYS[1], KEYS[2]
 local now, wanted, unused = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local h = redis.call('HMGET', key, 'rate', 'tokens', 'ts', 'hold_until', 'learner',
-  'w_start', 'w_ok', 'w_429', 'w_other', 'w_granted', 'w_ra', 'w_hr', 'w_min', 'w_ok1')
+  'w_start', 'w_ok', 'w_429', 'w_other', 'w_granted', 'w_ra', 'w_hr', 'w_min', 'w_ok1',
+  'w_held')
 local rate = tonumber(h[1]) or tonumber(ARGV[9])
 local size = math.max(1, rate * tonumber(ARGV[10]))
 local tokens = tonumber(h[2]) or size
 local ts = tonumber(h[3]) or now
 local hold = tonumber(h[4]) or 0
 tokens = math.min(size, tokens + math.max(0, now - ts) * rate + unused)
-local granted = 0
-if now >= hold and wanted > 0 then
-  -- (+0.001: a refill of exactly n tokens, from unix times ~2e9 with ~1e-7 s of precision,
-  -- may fall just short)
-  granted = math.min(wanted, math.floor(tokens + 0.001))
-  tokens = tokens - granted
-end
-local wait = 0
-if hold > now then
-  wait = hold - now
-elseif tokens < 1 then
-  wait = (1 - tokens) / rate
-end
 local w_tag = h[6] or tostring(now)
 local w_start = tonumber(w_tag)
 local counted = (ARGV[16] == '' or ARGV[16] == w_tag) and 1 or 0
@@ -1107,27 +1112,118 @@ local retry_after = math.max(tonumber(h[11]) or -1, tonumber(ARGV[7]))
 local header_rate = tonumber(h[12]) or -1
 local reported = tonumber(ARGV[8])
 if reported > 0 and (header_rate < 0 or reported < header_rate) then header_rate = reported end
+local held = tonumber(h[15]) or 0
+local granting = true
+if held == 0 and throttled >= tonumber(ARGV[20]) and ok_first >= 0
+   and throttled >= 2 * (ok - ok_first) then
+  local wait = retry_after >= 0 and retry_after or 1
+  hold = math.max(hold, now + math.min(wait, tonumber(ARGV[17])))
+  held = now
+end
 local window = {}
 local elapsed = now - w_start
 local answered = ok + throttled + other
-if (elapsed >= (tonumber(h[13]) or tonumber(ARGV[11]))
-    and (answered >= tonumber(ARGV[12]) or elapsed >= tonumber(ARGV[13])))
-   or (throttled >= tonumber(ARGV[12]) and ok_first >= 0 and throttled >= ok - ok_first) then
+local closing
+if held > 0 then
+  closing = answered >= tonumber(ARGV[18]) * taken or now >= hold
+  granting = not closing
+  elapsed = held - w_start  -- what it sent in: nothing went after the hold began
+else
+  closing = elapsed >= (tonumber(h[13]) or tonumber(ARGV[11]))
+    and ((answered >= tonumber(ARGV[12]) and answered >= tonumber(ARGV[19]) * taken)
+         or elapsed >= tonumber(ARGV[13]))
+end
+if closing then
   window = {tostring(elapsed), ok, throttled, other, taken, tostring(retry_after),
-            tostring(header_rate), ok_first}
+            tostring(header_rate), ok_first, held > 0 and 1 or 0}
   w_tag, ok, throttled, other, taken, retry_after, header_rate = tostring(now), 0, 0, 0, 0, -1, -1
-  ok_first = -1
+  ok_first, held = -1, 0
+end
+local granted = 0
+if granting and now >= hold and wanted > 0 then
+  -- (+0.001: a refill of exactly n tokens, from unix times ~2e9 with ~1e-7 s of precision,
+  -- may fall just short)
+  granted = math.min(wanted, math.floor(tokens + 0.001))
+  tokens = tokens - granted
+end
+local wait = 0
+if hold > now then
+  wait = hold - now
+elseif tokens < 1 then
+  wait = (1 - tokens) / rate
 end
 taken = taken + granted
 redis.call('HSET', key, 'rate', tostring(rate), 'tokens', tostring(tokens), 'ts', tostring(now),
-  'w_start', w_tag, 'w_ok', ok, 'w_429', throttled, 'w_other', other,
-  'w_granted', taken, 'w_ra', tostring(retry_after), 'w_hr', tostring(header_rate),
-  'w_ok1', ok_first)
+  'hold_until', tostring(hold), 'w_start', w_tag, 'w_ok', ok, 'w_429', throttled,
+  'w_other', other, 'w_granted', taken, 'w_ra', tostring(retry_after),
+  'w_hr', tostring(header_rate), 'w_ok1', ok_first, 'w_held', tostring(held))
 redis.call('EXPIRE', key, tonumber(ARGV[15]))
 redis.call('SADD', index, ARGV[14])
 return {granted, tostring(wait), tostring(rate), tostring(hold), h[5], window, w_tag}
 """
 _ACQUIRE = Script(ACQUIRE)
+
+
+# -- STORE_RATE ----------------------------------------------------------------------------------
+
+# Store what the learner decided from a window ACQUIRE returned: the next rate, its own
+# state and the shortest window from now on; and a hold, which only ever lengthens.
+# KEYS: 1 ingest:send-rate:{credential}
+# ARGV: 1 rate  2 hold until (unix; 0: none)  3 the learner's state (JSON)  4 the shortest
+#       window ('': as it is)
+# Why Lua: ACQUIRE holds a credential itself when the limit is exhausted, and may do so
+# between the call that closed a window and the learner's decision on it; a plain HSET of
+# the hold the decider saw would end that hold at once.
+STORE_RATE = """
+local key = KEYS[1]
+local hold = math.max(tonumber(redis.call('HGET', key, 'hold_until')) or 0, tonumber(ARGV[2]))
+redis.call('HSET', key, 'rate', ARGV[1], 'hold_until', tostring(hold), 'learner', ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', key, 'w_min', ARGV[4]) end
+"""
+_STORE_RATE = Script(STORE_RATE)
+
+
+def _store_call(
+    credential: str, *, rate: float, hold_until: float, learner: str, window_min: float | None
+) -> tuple[tuple[str], tuple[str, str, str, str]]:
+    window = "" if window_min is None else repr(window_min)
+    return (send_rate(credential),), (repr(rate), repr(hold_until), learner, window)
+
+
+def store_rate(
+    conn: redis.Redis,
+    credential: str,
+    *,
+    rate: float,
+    hold_until: float,
+    learner: str,
+    window_min: float | None = None,
+) -> None:
+    """Store the learner's decision for ``credential`` (one round trip, atomic)."""
+    _STORE_RATE.run(
+        conn,
+        *_store_call(
+            credential, rate=rate, hold_until=hold_until, learner=learner, window_min=window_min
+        ),
+    )
+
+
+async def store_rate_async(
+    conn: redis.asyncio.Redis,
+    credential: str,
+    *,
+    rate: float,
+    hold_until: float,
+    learner: str,
+    window_min: float | None = None,
+) -> None:
+    """:func:`store_rate` on an asyncio connection."""
+    await _STORE_RATE.run_async(
+        conn,
+        *_store_call(
+            credential, rate=rate, hold_until=hold_until, learner=learner, window_min=window_min
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -1172,6 +1268,10 @@ class AnswerWindow:
     """The ``ok`` answers counted before the window's first 429 (None: no 429). The answers
     since then tell what the API accepts once its bucket is empty; the whole window's share
     of 429s is diluted by the 200s it answered before, from tokens the bucket had left."""
+    held: bool = False
+    """The limit was exhausted in this window, and ``ACQUIRE`` held the credential then
+    (for its ``Retry-After``) and kept the window open for the rest of its answers; its
+    ``seconds`` end when the hold began."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1184,6 +1284,15 @@ class BucketShape:
     window_answers: int
     window_max: float
     ttl: int
+    max_hold: float = MAX_HOLD
+    """Seconds: the longest a ``Retry-After`` holds the credential."""
+    held_answered: float = 0.9
+    """A held window closes once this share of its permits is answered (or its hold ends)."""
+    window_answered: float = 0.5
+    """Any other window, once this share of its permits is answered too (or at its longest)."""
+    exhausted_429s: int = 20
+    """429s a window needs (twice the 200s since its first) to hold at once: at 50, slow
+    start ran on into a limit of 50/s for a tenth of a second more, 19 more 429s."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1212,7 +1321,7 @@ def _permits(reply: list[Any]) -> Permits:
     granted, wait, rate, hold, learner, window, window_start = reply
     closed = None
     if window:
-        seconds, ok, throttled, other, taken, retry_after, header_rate, ok_first = window
+        seconds, ok, throttled, other, taken, retry_after, header_rate, ok_first, held = window
         closed = AnswerWindow(
             seconds=float(seconds),
             ok=int(ok),
@@ -1222,6 +1331,7 @@ def _permits(reply: list[Any]) -> Permits:
             retry_after=_optional(text(retry_after)),
             header_rate=_optional(text(header_rate)),
             ok_before_429=None if int(ok_first) < 0 else int(ok_first),
+            held=bool(int(held)),
         )
     return Permits(
         granted=int(granted),
@@ -1261,6 +1371,10 @@ def _acquire_call(
         credential,
         shape.ttl,
         answers.window,
+        shape.max_hold,
+        shape.held_answered,
+        shape.window_answered,
+        shape.exhausted_429s,
     )
 
 

@@ -221,3 +221,39 @@ def test_the_worker_whose_answers_decide_a_hold_sends_nothing_until_it_ends(
     assert during == 0
     assert after == 10
     assert taken == 10  # the permits given back are not counted as sent
+
+
+def test_a_held_worker_reports_its_answers_so_the_rate_is_decided_before_the_hold_ends(
+    redis_url: str,
+) -> None:
+    """A window that exhausted the limit is judged once its permits are answered (see
+    ACQUIRE): the workers report during the hold, so the rate to resume at is set by the
+    time it ends, from all the window's answers."""
+    settings = Settings(
+        redis_url=redis_url, api_key=SecretStr("df_held_report"), send_rate_initial=1000
+    )
+    queue = QueueKeys(settings.queue)
+    clock = [1_800_000_000.0]
+    backpressure = Backpressure(settings, queue, clock=lambda: clock[0])
+    events = [Claimed(f"job-{i}", "{}", "-", 0, [], "{}", None) for i in range(60)]
+    too_many = Outcome(Verdict.TRANSIENT, 429, "slow down", retry_after=1.0)
+    hash_key = keys.send_rate(credential_id("df_held_report", None))
+
+    async def scenario(conn: redis.asyncio.Redis) -> tuple[float, float, float]:
+        sent = await backpressure.admit(conn, events[:50])
+        clock[0] += 0.1
+        sent += await backpressure.admit(conn, events[50:])
+        for event in sent[:50]:
+            backpressure.report(event, too_many, 0.05, in_flight=0)
+        clock[0] += 0.05
+        await backpressure.admit(conn, [])  # exhausted: held, 50 of 60 permits answered
+        hold_until = float(await conn.hget(hash_key, "hold_until") or 0)
+        for event in sent[50:]:
+            backpressure.report(event, too_many, 0.05, in_flight=0)
+        clock[0] += 0.1
+        await backpressure.admit(conn, [])
+        return hold_until, clock[0], float(await conn.hget(hash_key, "rate") or 0)
+
+    hold_until, now, rate = run_on(redis_url, scenario)
+    assert now < hold_until
+    assert rate < 1000

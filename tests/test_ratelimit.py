@@ -20,6 +20,7 @@ SHAPE = BucketShape(
     window_answers=10,
     window_max=5.0,
     ttl=3600,
+    exhausted_429s=10,
 )
 QUEUE = keys.QueueKeys("payments")
 
@@ -147,29 +148,83 @@ def test_permits_taken_by_the_call_that_closes_a_window_count_in_the_next(
     assert window.granted == 6
 
 
-def test_a_window_closes_at_once_when_most_of_its_answers_are_429(
+def test_a_credential_is_held_at_once_when_two_in_three_of_a_windows_answers_are_429(
     redis_client: redis.Redis, limiter: SendRate
 ) -> None:
-    limiter.acquire(redis_client, 0, now=NOW, answers=Answers(ok=9, throttled=9))
-    assert limiter.acquire(redis_client, 0, now=NOW + 0.1).window is None  # 9 of 18: few
+    limiter.acquire(redis_client, 0, now=NOW, answers=Answers(ok=4, throttled=9))
+    assert limiter.acquire(redis_client, 0, now=NOW + 0.1).hold_until == 0  # 9 429s: few
     exhausted = limiter.acquire(redis_client, 0, now=NOW + 0.1, answers=Answers(throttled=1))
-    assert exhausted.window is not None
+    assert exhausted.hold_until == pytest.approx(NOW + 1.1)  # no Retry-After: a second
+    assert exhausted.window is not None  # no permits of it unanswered: judged at once
+    assert exhausted.window.held
     assert exhausted.window.throttled == 10
-    assert exhausted.window.seconds == pytest.approx(0.1)
 
 
-def test_a_window_closes_at_once_when_429s_outnumber_the_200s_since_its_first_429(
+def test_a_credential_is_held_at_once_when_429s_are_twice_the_200s_since_the_first(
     redis_client: redis.Redis, limiter: SendRate
 ) -> None:
     # A window that began on a refilled bucket: its first answers are all 200, so "most
     # of all its answers" came 0.8 s and hundreds of 429s after the bucket ran dry.
     limiter.acquire(redis_client, 0, now=NOW, answers=Answers(ok=30))
     limiter.acquire(redis_client, 0, now=NOW + 0.05, answers=Answers(ok=2, throttled=4))
-    assert limiter.acquire(redis_client, 0, now=NOW + 0.06).window is None  # 4 429s: few
-    dry = limiter.acquire(redis_client, 0, now=NOW + 0.07, answers=Answers(ok=2, throttled=6))
+    assert limiter.acquire(redis_client, 0, now=NOW + 0.06).hold_until == 0  # 4 429s: few
+    dry = limiter.acquire(
+        redis_client, 0, now=NOW + 0.07, answers=Answers(ok=2, throttled=6, retry_after=2.0)
+    )
+    assert dry.hold_until == pytest.approx(NOW + 2.07)
     assert dry.window is not None
-    assert (dry.window.ok, dry.window.throttled) == (34, 10)
-    assert dry.window.seconds == pytest.approx(0.07)
+    assert (dry.window.ok, dry.window.throttled, dry.window.held) == (34, 10, True)
+
+
+def test_429s_as_many_as_the_200s_since_the_first_do_not_hold(
+    redis_client: redis.Redis, limiter: SendRate
+) -> None:
+    # A probe over the limit: the learner cuts it when the window closes. A hold of a
+    # second and a cut by half cost four busy workers more than the 429s it saved.
+    limiter.acquire(redis_client, 0, now=NOW, answers=Answers(ok=30))
+    over = limiter.acquire(redis_client, 0, now=NOW + 0.1, answers=Answers(ok=8, throttled=10))
+    assert over.hold_until == 0
+    assert over.window is None
+
+
+def exhaust(redis_client: redis.Redis, limiter: SendRate) -> tuple[str, float]:
+    """Take 20 permits in one window, and report 10 429s for them: the window it holds,
+    and when its hold ends."""
+    first = limiter.acquire(redis_client, 10, now=NOW)
+    limiter.acquire(redis_client, 10, now=NOW + 0.1)
+    answers = Answers(throttled=10, retry_after=1.0, window=first.window_start)
+    held = limiter.acquire(redis_client, 5, now=NOW + 0.2, answers=answers)
+    assert held.granted == 0
+    assert held.window is None  # 10 of its 20 permits answered: the rest are on their way
+    return first.window_start, held.hold_until
+
+
+def test_a_held_window_is_judged_once_its_permits_are_answered(
+    redis_client: redis.Redis, limiter: SendRate
+) -> None:
+    # Judged as it held, it had the first answers only (4 workers at 7,680/s: 71 of 912
+    # permits), and the limit taken from them was a quarter of the API's.
+    window, hold_until = exhaust(redis_client, limiter)
+    assert hold_until == pytest.approx(NOW + 1.2)
+    late = Answers(ok=3, throttled=4, window=window)
+    assert limiter.acquire(redis_client, 0, now=NOW + 0.3, answers=late).window is None
+    last = Answers(ok=1, throttled=0, window=window)  # 18 of 20: judged
+    closed = limiter.acquire(redis_client, 0, now=NOW + 0.4, answers=last).window
+    assert closed is not None
+    assert (closed.ok, closed.throttled, closed.granted, closed.held) == (4, 14, 20, True)
+    assert closed.seconds == pytest.approx(0.2)  # sent in until it held, not until judged
+
+
+def test_a_held_window_is_judged_when_its_hold_ends_and_that_call_takes_no_permit(
+    redis_client: redis.Redis, limiter: SendRate
+) -> None:
+    _, hold_until = exhaust(redis_client, limiter)
+    assert limiter.acquire(redis_client, 5, now=hold_until - 0.01).granted == 0
+    ended = limiter.acquire(redis_client, 5, now=hold_until)
+    assert ended.window is not None
+    assert ended.window.held
+    assert ended.granted == 0  # at the rate the learner sets now, not the one before
+    assert limiter.acquire(redis_client, 5, now=hold_until).granted == 5
 
 
 def test_a_closed_window_tells_the_200s_it_counted_before_its_first_429(
@@ -214,6 +269,22 @@ def test_the_next_window_starts_with_no_429_seen(
     # outnumber the 200s "since" it and close this window at once.
     mixed = limiter.acquire(redis_client, 0, now=NOW + 1.2, answers=Answers(ok=30, throttled=10))
     assert mixed.window is None
+
+
+def test_a_window_stays_open_until_half_of_its_permits_are_answered(
+    redis_client: redis.Redis, limiter: SendRate
+) -> None:
+    # Judged on its first answers only, a window flew blind: four workers at 3,840/s had
+    # 61 of 909 permits answered, and the limit taken from them was half the API's.
+    first = limiter.acquire(redis_client, 10, now=NOW)
+    for step in range(1, 4):
+        limiter.acquire(redis_client, 10, now=NOW + step * 0.1)  # 40 permits in all
+    answers = Answers(ok=12, window=first.window_start)  # enough answers, a third answered
+    assert limiter.acquire(redis_client, 0, now=NOW + 1.0, answers=answers).window is None
+    answers = Answers(ok=8, window=first.window_start)  # half
+    closed = limiter.acquire(redis_client, 0, now=NOW + 1.1, answers=answers).window
+    assert closed is not None
+    assert (closed.ok, closed.granted) == (20, 40)
 
 
 def test_a_stored_window_minimum_closes_the_next_windows_sooner(
@@ -281,3 +352,16 @@ def test_acquire_async_takes_permits_like_acquire(redis_url: str, limiter: SendR
             await aconn.aclose()
 
     assert asyncio.run(scenario()) == (3, 5.0)
+
+
+def test_storing_a_decision_never_shortens_a_hold_acquire_set_since(
+    redis_client: redis.Redis, limiter: SendRate
+) -> None:
+    # ACQUIRE may hold the credential between the call that closed a window and the
+    # learner's decision on it: that decision saw no hold, and must not end this one.
+    _, hold_until = exhaust(redis_client, limiter)
+    limiter.store(redis_client, rate=50.0, hold_until=0.0, learner="{}")
+    still = limiter.acquire(redis_client, 5, now=hold_until - 0.1)
+    assert (still.granted, still.hold_until) == (0, pytest.approx(hold_until))
+    limiter.store(redis_client, rate=50.0, hold_until=hold_until + 5, learner="{}")
+    assert limiter.acquire(redis_client, 5, now=hold_until + 1).hold_until == hold_until + 5
