@@ -47,6 +47,11 @@ STARTING_WINDOW_MIN = 0.25
 """The same minimum while the rate is still doubling (slow start) and for the window after
 it, as TCP doubles per round trip: from 30/s to 2,000/s in about 4 s rather than 12, and a
 window that overshoots a limit costs a quarter second of 429s, not a second."""
+AFTER_HOLD = 2.0
+"""Seconds after a hold ends during which windows keep that short minimum: the rate it
+resumes at was judged on a burst, and the API's bucket, refilled during the hold, hides
+an overshoot for a second or two; then a second-long window let 270 429s through where
+a quarter second sees them (four workers against L=500)."""
 STATE_TTL = 86_400
 
 
@@ -201,7 +206,12 @@ class Backpressure:
                 rate=decision.rate,
                 hold_until=max(decision.hold_until, permits.hold_until),
                 learner=decision.state.to_json(),
-                window_min=STARTING_WINDOW_MIN if _starting(decision.state) else WINDOW_MIN,
+                window_min=(
+                    STARTING_WINDOW_MIN
+                    if _starting(decision.state)
+                    or now < max(decision.hold_until, permits.hold_until) + AFTER_HOLD
+                    else WINDOW_MIN
+                ),
             )
             if decision.rate != permits.rate or decision.hold_until > now:
                 _log.info(
