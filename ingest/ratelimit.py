@@ -94,14 +94,8 @@ class SendRate:
     ) -> None:
         """Set the learned rate, the hold (never shortened), the learner's state and (when
         given) the shortest window from now on, atomically."""
-        scripts.store_rate(
-            conn,
-            self.credential,
-            rate=rate,
-            hold_until=hold_until,
-            learner=learner,
-            window_min=window_min,
-        )
+        call = scripts.store_rate_call(self.credential, rate, hold_until, learner, window_min)
+        scripts.STORE_RATE_SCRIPT.run(conn, *call)
 
     async def store_async(
         self,
@@ -113,14 +107,8 @@ class SendRate:
         window_min: float | None = None,
     ) -> None:
         """:meth:`store` on an asyncio connection."""
-        await scripts.store_rate_async(
-            conn,
-            self.credential,
-            rate=rate,
-            hold_until=hold_until,
-            learner=learner,
-            window_min=window_min,
-        )
+        call = scripts.store_rate_call(self.credential, rate, hold_until, learner, window_min)
+        await scripts.STORE_RATE_SCRIPT.run_async(conn, *call)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1180,50 +1180,15 @@ local hold = math.max(tonumber(redis.call('HGET', key, 'hold_until')) or 0, tonu
 redis.call('HSET', key, 'rate', ARGV[1], 'hold_until', tostring(hold), 'learner', ARGV[3])
 if ARGV[4] ~= '' then redis.call('HSET', key, 'w_min', ARGV[4]) end
 """
-_STORE_RATE = Script(STORE_RATE)
+STORE_RATE_SCRIPT = Script(STORE_RATE)
 
 
-def _store_call(
-    credential: str, *, rate: float, hold_until: float, learner: str, window_min: float | None
+def store_rate_call(
+    credential: str, rate: float, hold_until: float, learner: str, window_min: float | None
 ) -> tuple[tuple[str], tuple[str, str, str, str]]:
+    """``STORE_RATE``'s keys and arguments."""
     window = "" if window_min is None else repr(window_min)
     return (send_rate(credential),), (repr(rate), repr(hold_until), learner, window)
-
-
-def store_rate(
-    conn: redis.Redis,
-    credential: str,
-    *,
-    rate: float,
-    hold_until: float,
-    learner: str,
-    window_min: float | None = None,
-) -> None:
-    """Store the learner's decision for ``credential`` (one round trip, atomic)."""
-    _STORE_RATE.run(
-        conn,
-        *_store_call(
-            credential, rate=rate, hold_until=hold_until, learner=learner, window_min=window_min
-        ),
-    )
-
-
-async def store_rate_async(
-    conn: redis.asyncio.Redis,
-    credential: str,
-    *,
-    rate: float,
-    hold_until: float,
-    learner: str,
-    window_min: float | None = None,
-) -> None:
-    """:func:`store_rate` on an asyncio connection."""
-    await _STORE_RATE.run_async(
-        conn,
-        *_store_call(
-            credential, rate=rate, hold_until=hold_until, learner=learner, window_min=window_min
-        ),
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from ingest.stats import read_accounting
 
 SITE_A = "aaaaaaaaaaaaaaaaaaaaaaaa"
 SITE_B = "bbbbbbbbbbbbbbbbbbbbbbbb"
+TOO_MANY = Outcome(Verdict.TRANSIENT, 429, "slow down", retry_after=1.0)
 
 
 @pytest.fixture
@@ -165,7 +166,6 @@ def test_answers_to_permits_of_a_window_closed_since_are_not_reported(redis_url:
     shape = BucketShape(100.0, 1.0, window_min=0.25, window_answers=50, window_max=5.0, ttl=60)
     other_worker = SendRate(queue, credential_id("df_window_test", None), shape)
     events = [Claimed(f"job-{i}", "{}", "-", 0, [], "{}", None) for i in range(3)]
-    too_many = Outcome(Verdict.TRANSIENT, 429, "slow down", retry_after=1.0)
     delivered = Outcome(Verdict.DELIVERED, 200, "ok")
 
     async def scenario(conn: redis.asyncio.Redis) -> tuple[int, int]:
@@ -176,7 +176,7 @@ def test_answers_to_permits_of_a_window_closed_since_are_not_reported(redis_url:
         sent += await backpressure.admit(conn, events[2:])
         assert len(sent) == 3
         for event in sent[:2]:
-            backpressure.report(event, too_many, 0.05, in_flight=0)
+            backpressure.report(event, TOO_MANY, 0.05, in_flight=0)
         backpressure.report(sent[2], delivered, 0.05, in_flight=0)
         clock[0] += 0.1
         await backpressure.admit(conn, [])
@@ -187,26 +187,30 @@ def test_answers_to_permits_of_a_window_closed_since_are_not_reported(redis_url:
     assert run_on(redis_url, scenario) == (1, 0)
 
 
+def one_worker_at_1000_per_second(
+    redis_url: str, api_key: str
+) -> tuple[list[float], Backpressure, list[Claimed], str]:
+    """A worker's Backpressure on an injected clock (a list to move it), 60 events for
+    it, and its credential's key in Redis."""
+    settings = Settings(redis_url=redis_url, api_key=SecretStr(api_key), send_rate_initial=1000)
+    clock = [1_800_000_000.0]
+    backpressure = Backpressure(settings, QueueKeys(settings.queue), clock=lambda: clock[0])
+    events = [Claimed(f"job-{i}", "{}", "-", 0, [], "{}", None) for i in range(60)]
+    return clock, backpressure, events, keys.send_rate(credential_id(api_key, None))
+
+
 def test_the_worker_whose_answers_decide_a_hold_sends_nothing_until_it_ends(
     redis_url: str,
 ) -> None:
     """The call that closes a window takes permits at the rate before the decision. Sent
     into the empty bucket of a hold, their 429s, answered after it, made the window after
     the hold hold again at half the rate (L=500: 135 429s and a second lost at the start)."""
-    settings = Settings(
-        redis_url=redis_url, api_key=SecretStr("df_hold_test"), send_rate_initial=1000
-    )
-    queue = QueueKeys(settings.queue)
-    clock = [1_800_000_000.0]
-    backpressure = Backpressure(settings, queue, clock=lambda: clock[0])
-    events = [Claimed(f"job-{i}", "{}", "-", 0, [], "{}", None) for i in range(60)]
-    too_many = Outcome(Verdict.TRANSIENT, 429, "slow down", retry_after=1.0)
-    hash_key = keys.send_rate(credential_id("df_hold_test", None))
+    clock, backpressure, events, hash_key = one_worker_at_1000_per_second(redis_url, "df_hold")
 
     async def scenario(conn: redis.asyncio.Redis) -> tuple[int, int, float, int, int]:
         sent = await backpressure.admit(conn, events[:50])
         for event in sent:
-            backpressure.report(event, too_many, 0.05, in_flight=0)
+            backpressure.report(event, TOO_MANY, 0.05, in_flight=0)
         clock[0] += 0.3
         during = await backpressure.admit(conn, events[50:])  # its 429s close the window
         held = float(await conn.hget(hash_key, "hold_until") or 0) - clock[0]
@@ -229,27 +233,19 @@ def test_a_held_worker_reports_its_answers_so_the_rate_is_decided_before_the_hol
     """A window that exhausted the limit is judged once its permits are answered (see
     ACQUIRE): the workers report during the hold, so the rate to resume at is set by the
     time it ends, from all the window's answers."""
-    settings = Settings(
-        redis_url=redis_url, api_key=SecretStr("df_held_report"), send_rate_initial=1000
-    )
-    queue = QueueKeys(settings.queue)
-    clock = [1_800_000_000.0]
-    backpressure = Backpressure(settings, queue, clock=lambda: clock[0])
-    events = [Claimed(f"job-{i}", "{}", "-", 0, [], "{}", None) for i in range(60)]
-    too_many = Outcome(Verdict.TRANSIENT, 429, "slow down", retry_after=1.0)
-    hash_key = keys.send_rate(credential_id("df_held_report", None))
+    clock, backpressure, events, hash_key = one_worker_at_1000_per_second(redis_url, "df_held")
 
     async def scenario(conn: redis.asyncio.Redis) -> tuple[float, float, float]:
         sent = await backpressure.admit(conn, events[:50])
         clock[0] += 0.1
         sent += await backpressure.admit(conn, events[50:])
         for event in sent[:50]:
-            backpressure.report(event, too_many, 0.05, in_flight=0)
+            backpressure.report(event, TOO_MANY, 0.05, in_flight=0)
         clock[0] += 0.05
         await backpressure.admit(conn, [])  # exhausted: held, 50 of 60 permits answered
         hold_until = float(await conn.hget(hash_key, "hold_until") or 0)
         for event in sent[50:]:
-            backpressure.report(event, too_many, 0.05, in_flight=0)
+            backpressure.report(event, TOO_MANY, 0.05, in_flight=0)
         clock[0] += 0.1
         await backpressure.admit(conn, [])
         rate, window_min = await conn.hmget(hash_key, "rate", "w_min")
