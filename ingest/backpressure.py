@@ -201,17 +201,14 @@ class Backpressure:
         if permits.window is not None:
             state = LearnerState.from_json(permits.learner)
             decision = decide(permits.rate, permits.window, state, now=now, config=self._learner)
+            hold_until = max(decision.hold_until, permits.hold_until)
+            short = _starting(decision.state) or now < hold_until + AFTER_HOLD
             await credential.limiter.store_async(
                 conn,
                 rate=decision.rate,
-                hold_until=max(decision.hold_until, permits.hold_until),
+                hold_until=hold_until,
                 learner=decision.state.to_json(),
-                window_min=(
-                    STARTING_WINDOW_MIN
-                    if _starting(decision.state)
-                    or now < max(decision.hold_until, permits.hold_until) + AFTER_HOLD
-                    else WINDOW_MIN
-                ),
+                window_min=STARTING_WINDOW_MIN if short else WINDOW_MIN,
             )
             if decision.rate != permits.rate or decision.hold_until > now:
                 _log.info(
@@ -233,8 +230,8 @@ class Backpressure:
                 # made the window after it hold again, at half the rate (L=500: 135 429s
                 # and a second lost at the start). They go back with the next call.
                 credential.unused, granted = granted, 0
-                credential.hold_until = max(credential.hold_until, decision.hold_until)
-                credential.next_permit = max(credential.next_permit, decision.hold_until)
+                credential.hold_until = hold_until
+                credential.next_permit = max(credential.next_permit, hold_until)
         ready = [credential.waiting.popleft() for _ in range(granted)]
         for event in ready:
             self._permit_window[event.job_id] = permits.window_start
